@@ -1,0 +1,9 @@
+"""Selective-scan kernels, importable only as ``hybridsearch.kernels``.
+
+``selective_scan`` has exactly the shapes and semantics of mamba_ssm's ``selective_scan_fn`` plus an
+optional initial state and a ``reverse`` flag (scan from the last position to the first without a flipped copy).
+"""
+
+from .selective_scan import BACKENDS, selective_scan
+
+__all__ = ["BACKENDS", "selective_scan"]
