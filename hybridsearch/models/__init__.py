@@ -1,0 +1,137 @@
+"""Model registry and ``create_model`` (timm style).
+
+``create_model(name_or_path, *, num_classes=None, checkpoint=None)``:
+* a registered name builds that architecture (random init), loading ``checkpoint`` when given, or the
+  bundled checkpoint of a pretrained proxy;
+* a directory with ``config.json`` (mamba_ssm or HF layout) builds the Mamba LM from it and loads its weights;
+* a Vim ``.pth`` / ``.safetensors`` file builds the Vim its tensor shapes describe and loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..registry import Registry
+from . import checkpoint as ckpt
+from .mamba_lm import MambaConfig, MambaLM
+from .vim import VimConfig, VisionMamba
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "vim" or "lm"
+    config: VimConfig | MambaConfig
+    description: str
+    checkpoint: Callable[[], Path] | None = None  # bundled weights (proxies)
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def _vim(d: int, desc: str) -> ModelSpec:
+    return ModelSpec("vim", VimConfig(d_model=d, depth=24, img_size=224, patch_size=16), desc)
+
+
+def _lm(d: int, n: int, desc: str) -> ModelSpec:
+    return ModelSpec("lm", MambaConfig(d_model=d, n_layer=n, vocab_size=50277), desc)
+
+
+MODELS.register("vim-tiny", _vim(192, "Vim-T (hustvl Vim-tiny-midclstok layout)"))
+MODELS.register("vim-small", _vim(384, "Vim-S (hustvl Vim-small-midclstok layout)"))
+MODELS.register("vim-base", _vim(768, "Vim-B (hustvl Vim-base-midclstok layout)"))
+MODELS.register("mamba-130m", _lm(768, 24, "state-spaces/mamba-130m"))
+MODELS.register("mamba-370m", _lm(1024, 48, "state-spaces/mamba-370m"))
+MODELS.register("mamba-790m", _lm(1536, 48, "state-spaces/mamba-790m"))
+MODELS.register("mamba-1.4b", _lm(2048, 48, "state-spaces/mamba-1.4b"))
+MODELS.register("mamba-2.8b", _lm(2560, 64, "state-spaces/mamba-2.8b"))
+
+
+def build(config: VimConfig | MambaConfig, device: str | torch.device | None = None) -> nn.Module:
+    """Build an architecture from its config (``device="meta"`` allocates nothing)."""
+    with torch.device(device or "cpu"):
+        return VisionMamba(config) if isinstance(config, VimConfig) else MambaLM(config)
+
+
+def _with_classes(cfg, num_classes: int | None):
+    if num_classes is None or not isinstance(cfg, VimConfig):
+        return cfg
+    return replace(cfg, num_classes=num_classes)
+
+
+def _load_vim(cfg: VimConfig, path: Path, num_classes: int | None, device=None) -> nn.Module:
+    sd = ckpt.read_state_dict(path)
+    # the checkpoint's head is kept only when no other class count is asked for
+    keep_head = "head.weight" in sd and (num_classes is None or sd["head.weight"].shape[0] == num_classes)
+    if keep_head:
+        cfg = replace(cfg, num_classes=sd["head.weight"].shape[0])
+    model = build(_with_classes(cfg, num_classes), device)
+    ckpt.load_into(model, sd, str(path), ignore=() if keep_head else ("head.",))
+    return model
+
+
+def _load_lm(cfg: MambaConfig, path: Path, device=None) -> nn.Module:
+    weights = ckpt.find_weights(path) if path.is_dir() else path
+    model = build(cfg, device)
+    ckpt.load_into(model, ckpt.normalize_lm_keys(ckpt.read_state_dict(weights)), str(weights))
+    return model
+
+
+def create_model(
+    name_or_path: str | Path,
+    *,
+    num_classes: int | None = None,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    pretrained: bool = True,
+) -> nn.Module:
+    """Build a Vim or Mamba LM by registered name, checkpoint directory or Vim checkpoint file.
+
+    Vim takes images (B, 3, H, W) and returns logits (B, num_classes); the LM takes token ids (B, L) and
+    returns logits (B, L, vocab). ``device="meta"`` builds the architecture only (for exact counting).
+    ``pretrained=False`` skips the bundled weights of a proxy model.
+    """
+    name = str(name_or_path)
+    if name in MODELS:
+        spec = MODELS.get(name)
+        if checkpoint is None and spec.checkpoint is not None and pretrained and str(device) != "meta":
+            checkpoint = spec.checkpoint()
+        if checkpoint is None or str(device) == "meta":
+            return build(_with_classes(spec.config, num_classes), device)
+        path = Path(checkpoint)
+        if spec.kind == "vim":
+            return _load_vim(spec.config, path, num_classes, device)
+        cfg = ckpt.mamba_config_from_json(path / "config.json") if path.is_dir() else spec.config
+        return _load_lm(cfg, path, device)
+    path = Path(name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: directory has no config.json (expected a mamba_ssm or HF checkpoint)")
+        return _load_lm(ckpt.mamba_config_from_json(path / "config.json"), path, device)
+    if path.is_file():
+        sd = ckpt.read_state_dict(path)
+        return _load_vim(ckpt.vim_config_from_state_dict(sd, str(path)), path, num_classes, device)
+    raise CheckpointError(
+        f"{name!r} is neither a registered model nor an existing checkpoint path; "
+        f"models: {', '.join(MODELS.names())}"
+    )
+
+
+def model_config(name_or_path: str | Path, num_classes: int | None = None) -> VimConfig | MambaConfig:
+    """The architecture config of a name or checkpoint, without loading weights where avoidable."""
+    name = str(name_or_path)
+    if name in MODELS:
+        return _with_classes(MODELS.get(name).config, num_classes)
+    path = Path(name)
+    if path.is_dir():
+        return ckpt.mamba_config_from_json(path / "config.json")
+    return _with_classes(ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path), name), num_classes)
+
+
+__all__ = ["MODELS", "MambaConfig", "MambaLM", "ModelSpec", "VimConfig", "VisionMamba", "build",
+           "create_model", "model_config"]

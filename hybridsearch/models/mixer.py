@@ -1,0 +1,128 @@
+"""Mamba-1 mixer (mamba_ssm ``Mamba``) and its bidirectional Vim "v2" form, in plain PyTorch.
+
+Parameter names follow mamba_ssm / hustvl Vim exactly so real checkpoints load: ``in_proj``, ``conv1d``,
+``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj`` and, for the backward scan of Vim, ``conv1d_b``,
+``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``. PEFT methods attach to ``self.peft`` (see peft/base.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..kernels import selective_scan
+from ..peft.base import add_branches, effective
+
+# suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
+_SUFFIX = {"f": "", "b": "_b"}
+
+
+class MambaMixer(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        bidirectional: bool = False,
+        layer_idx: int = 0,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.layer_idx = layer_idx
+        self.directions = ("f", "b") if bidirectional else ("f",)
+        self.scan_backend = "auto"
+        E = self.d_inner
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
+        for d in self.directions:
+            s = _SUFFIX[d]
+            setattr(self, f"conv1d{s}", nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1, bias=True))
+            setattr(self, f"x_proj{s}", nn.Linear(E, self.dt_rank + 2 * d_state, bias=False))
+            dt_proj = nn.Linear(self.dt_rank, E, bias=True)
+            self._init_dt(dt_proj, dt_min, dt_max, dt_init_floor)
+            setattr(self, f"dt_proj{s}", dt_proj)
+            # S4D-real init: A = -(1..N) per channel, stored as log; kept in fp32 (mamba_ssm does the same)
+            A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(E, 1)
+            self.register_parameter("A_log" if d == "f" else "A_b_log", nn.Parameter(torch.log(A)))
+            self.register_parameter("D" if d == "f" else "D_b", nn.Parameter(torch.ones(E)))
+        self.out_proj = nn.Linear(E, d_model, bias=False)
+        self.peft = nn.ModuleDict()
+
+    def _init_dt(self, dt_proj: nn.Linear, dt_min: float, dt_max: float, floor: float) -> None:
+        if dt_proj.weight.is_meta:
+            return
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=floor)
+        with torch.no_grad():  # inverse softplus so that softplus(bias) == dt
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    # -- per-direction tensors (base + PEFT deltas) ------------------------------------------------
+    def param(self, name: str, direction: str) -> Tensor:
+        """Base tensor ``name`` (e.g. ``"x_proj.weight"``, ``"A_log"``) of one scan direction."""
+        s = _SUFFIX[direction]
+        if name == "A_log":
+            return self.A_log if direction == "f" else self.A_b_log
+        if name == "D":
+            return self.D if direction == "f" else self.D_b
+        mod, attr = name.split(".")
+        return getattr(getattr(self, f"{mod}{s}"), attr)
+
+    def eff(self, name: str, direction: str) -> Tensor:
+        return effective(self, name, self.param(name, direction), direction)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, h: Tensor, affix: dict | None = None) -> Tensor:
+        """h: (B, L, d_model) -> (B, L, d_model). ``affix``: this layer's ``LayerAffix`` (peft/tokens.py)."""
+        if affix is not None and affix.outer:
+            h, keep = affix.insert_outer(h)
+        w_in = effective(self, "in_proj.weight", self.in_proj.weight)
+        xz = add_branches(self, "in_proj", h, F.linear(h, w_in))  # (B, L', 2E)
+        xz = xz.transpose(1, 2)  # (B, 2E, L')
+        ys = []
+        for d in self.directions:
+            seq = xz if d == "f" else xz.flip(-1)
+            inner = None if affix is None or affix.outer else affix.inner(d)
+            y = self._scan_direction(seq, d, inner)
+            ys.append(y if d == "f" else y.flip(-1))
+        y = ys[0] if len(ys) == 1 else (ys[0] + ys[1]) / 2  # Vim "if_devide_out"
+        y = y.transpose(1, 2)  # (B, L', E)
+        if affix is not None and affix.outer:
+            y = y[:, keep]
+        w_out = effective(self, "out_proj.weight", self.out_proj.weight)
+        return add_branches(self, "out_proj", y, F.linear(y, w_out))
+
+    def _scan_direction(self, xz: Tensor, d: str, affix_tokens=None) -> Tensor:
+        """One scan over xz (B, 2E, L) in scan order; returns the gated output (B, E, L)."""
+        keep = None
+        if affix_tokens is not None:
+            xz, keep = affix_tokens(xz)
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
+        L = xz.shape[-1]
+        x, z = xz[:, :E], xz[:, E:]
+        conv_w, conv_b = self.eff("conv1d.weight", d), self.eff("conv1d.bias", d)
+        x = F.silu(F.conv1d(x, conv_w, conv_b, padding=self.d_conv - 1, groups=E)[..., :L])
+        x_dbl = F.linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
+        dt, B, C = x_dbl.split([R, N, N], dim=-1)
+        delta = F.linear(dt, self.eff("dt_proj.weight", d)).transpose(1, 2)  # (B, E, L)
+        A = -torch.exp(self.eff("A_log", d).float())  # (E, N)
+        B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
+        for m in self.peft.values():
+            extra = m.extra_states(d, x)
+            if extra is not None:
+                A, B, C = extra.concat(A, B, C)
+        y = selective_scan(
+            x, delta, A, B.contiguous(), C.contiguous(), self.eff("D", d).float(), z=z,
+            delta_bias=self.eff("dt_proj.bias", d).float(), delta_softplus=True, backend=self.scan_backend,
+        )
+        return y if keep is None else y[..., keep]
