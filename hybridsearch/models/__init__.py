@@ -45,6 +45,24 @@ def _lm(d: int, n: int, desc: str) -> ModelSpec:
 MODELS.register("vim-tiny", _vim(192, "Vim-T (hustvl Vim-tiny-midclstok layout)"))
 MODELS.register("vim-small", _vim(384, "Vim-S (hustvl Vim-small-midclstok layout)"))
 MODELS.register("vim-base", _vim(768, "Vim-B (hustvl Vim-base-midclstok layout)"))
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _asset(name: str, rebuild: str) -> Callable[[], Path]:
+    def path() -> Path:
+        p = _ASSETS / name
+        if not p.exists():
+            raise CheckpointError(f"{p}: bundled checkpoint missing; rebuild it with `{rebuild}`")
+        return p
+
+    return path
+
+
+MODELS.register("vim-proxy", ModelSpec(
+    "vim", VimConfig(d_model=64, depth=4, img_size=32, patch_size=8, d_state=8, num_classes=10, drop_path_rate=0.0),
+    "4-layer Vim (d 64, N 8, 32x32, patch 8) pretrained on Fashion-MNIST; bundled",
+    _asset("vim-proxy.pth", "hybridsearch pretrain vim-proxy"),
+))
 MODELS.register("mamba-130m", _lm(768, 24, "state-spaces/mamba-130m"))
 MODELS.register("mamba-370m", _lm(1024, 48, "state-spaces/mamba-370m"))
 MODELS.register("mamba-790m", _lm(1536, 48, "state-spaces/mamba-790m"))

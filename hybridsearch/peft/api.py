@@ -31,6 +31,7 @@ def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.M
     for p in model.parameters():
         p.requires_grad_(False)
     model._peft_unfrozen = {}
+    device = next(model.parameters()).device  # new tensors live with the base (meta: nothing is allocated)
     for name in METHODS.names():
         if name not in config.methods:
             continue
@@ -39,7 +40,8 @@ def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.M
             raise ConfigError(f"methods.{name}: not available for this model (applies to {', '.join(spec.kinds)})")
         if not spec.per_layer and cfg.layers != "all":
             raise ConfigError(f"methods.{name}.layers: {name} is not per layer; remove 'layers'")
-        spec.attach(model, cfg, name)
+        with torch.device(device):
+            spec.attach(model, cfg, name)
     for host in _hosts(model):  # new method parameters are the trainable ones
         for p in host.peft.parameters():
             p.requires_grad_(True)
@@ -139,7 +141,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
         raise CheckpointError(f"{path}: cannot read adapters ({e})") from None
     own = dict(model.named_parameters())
     expected = {n for n, p in own.items() if p.requires_grad}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - set(own))
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)  # never frozen ones
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items()
            if k in own and v.shape != own[k].shape]
     if missing or unexpected or bad:
@@ -169,9 +171,18 @@ def merge_peft(model: nn.Module, strict: bool = True) -> nn.Module:
         raise ConfigError(f"merge_peft: cannot fold {', '.join(blocked)} into the base weights exactly; "
                           "deploy with load_adapters instead, or pass strict=False to fold the rest")
     for host in _hosts(model):
+        # every delta is defined on the unmerged tensors, as in forward (DoRA renormalises W + dW), so fold each
+        # method from the original tensors and add the changes up; model-level methods are purely additive
+        own = [p for n, p in host.named_parameters() if "peft" not in n.split(".")] if host is not model else []
+        orig, change = [p.clone() for p in own], [torch.zeros_like(p) for p in own]
         for name in [n for n, m in host.peft.items() if m.mergeable]:
             host.peft[name].merge(host)
+            for p, o, c in zip(own, orig, change):
+                c += p - o
+                p.copy_(o)
             del host.peft[name]
+        for p, c in zip(own, change):
+            p += c
     remaining = {n: c for n, c in cfg.methods.items() if n in blocked}
     model.peft_config = PeftConfig(remaining) if remaining else None
     if not remaining:
@@ -179,6 +190,14 @@ def merge_peft(model: nn.Module, strict: bool = True) -> nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
     return model
+
+
+_NO_DECAY_NAMES = ("A_log", "A_b_log", "cls_token", "pos_embed")
+
+
+def _plain_no_decay(name: str, p: nn.Parameter) -> bool:
+    """Full fine-tuning / head: no decay on norms, biases, tokens, A_log and D (the reference's rule)."""
+    return p.ndim < 2 or name.split(".")[-1] in _NO_DECAY_NAMES
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -196,7 +215,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[
         lr_mult = mc.lr_mult if mc else 1.0
         decay = weight_decay * (mc.decay_mult if mc else 1.0)
         local = name.split(".")
-        no_decay = owner == "base" or (owner == "head" and p.ndim == 1) or id(p) in model._peft_unfrozen
+        no_decay = owner in ("base", "head") and _plain_no_decay(name, p)
+        no_decay = no_decay or id(p) in getattr(model, "_peft_unfrozen", {})
         if "peft" in local:
             mod_path = ".".join(local[: local.index("peft") + 2])
             pm = module_of.get(mod_path)

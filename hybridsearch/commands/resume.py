@@ -1,0 +1,23 @@
+"""``hybridsearch resume STUDY``: continue a study after a crash or on more workers."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import load_study
+from .run import add_run_options, execute
+
+NAME = "resume"
+HELP = "continue a study: re-queue trials of dead workers, run until the target number of finished trials"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study")
+    add_run_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    study = load_study(args.study, args.storage)
+    if args.data_root is None:
+        args.data_root = study.user_attrs.get("data_root")
+    return execute(args, study.user_attrs["space_ref"], args.study)

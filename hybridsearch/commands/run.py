@@ -1,0 +1,102 @@
+"""``hybridsearch run --space S``: search the best hybrid PEFT configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._common import add_storage
+
+NAME = "run"
+HELP = "run (or continue) a search over a YAML search space"
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    add_storage(p)
+    p.add_argument("--trials", type=int, default=None, help="target number of finished trials (stored with the study)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--devices", default=None, help="GPUs, one worker each, e.g. 0,1,2,3 (repeat an id to pack two)")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
+    p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default 0)")
+    p.add_argument("--data-root", default=None, help="dataset root (VTAB-1k folder or commonsense files)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the leaderboard and winner (default runs/STUDY)")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="bundled space name (mini_vtab, vim_vtab, ...) or a YAML path")
+    p.add_argument("--study", default=None, help="study name (default: the space's name)")
+    add_run_options(p)
+
+
+def execute(args: argparse.Namespace, space_ref: str, study_name: str) -> int:
+    import optuna
+
+    from ..search.engine import RunOptions, finished, run_study
+    from ..search.results import leaderboard, render, summary
+
+    devices = args.devices.split(",") if args.devices else None
+    workers = len(devices) if devices else args.workers
+    opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=args.trials,
+                      workers=workers, timeout=args.timeout, seed=args.seed, data_root=args.data_root,
+                      devices=devices)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with _Progress() as prog:
+        study = run_study(opts, on_trial=prog.on_trial, poll=prog.poll)
+        prog.poll(study)
+    render(study)
+    out = args.out or Path("runs") / study_name.replace("/", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.json").write_text(
+        json.dumps({"summary": summary(study), "trials": leaderboard(study)}, indent=2, default=str) + "\n")
+    target = study.user_attrs.get("target_trials")
+    print(f"{finished(study)}/{target} trials finished; leaderboard in {out / 'leaderboard.json'}; "
+          f"export the winner with: hybridsearch export {study_name} --out {out / 'winner'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..search.space import load_space
+
+    space = load_space(args.space)  # validates before anything is written
+    return execute(args, args.space if not Path(args.space).exists() else str(Path(args.space).resolve()),
+                   args.study or space.name)
+
+
+class _Progress:
+    """A rich progress bar: trials finished of the target, best score so far, time left."""
+
+    def __enter__(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn())
+        self.progress.__enter__()
+        self.task = self.progress.add_task("search", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def poll(self, study) -> None:
+        from ..search.engine import finished
+        from ..search.results import best_trials
+
+        best = best_trials(study)
+        desc = f"best {best[0].values[0]:.4f} (#{best[0].number})" if best else "search"
+        self.progress.update(self.task, completed=finished(study), total=study.user_attrs.get("target_trials"),
+                             description=desc)
+
+    def on_trial(self, study, trial) -> None:
+        note = trial.user_attrs.get("failure") or ""
+        value = f"{trial.values[0]:.4f}" if trial.values else "-"
+        self.progress.console.print(f"trial {trial.number}: {trial.state.name} {value} "
+                                    f"trainable={trial.user_attrs.get('trainable')} {note}")
+        self.poll(study)

@@ -1,0 +1,78 @@
+"""Pretraining of the bundled proxy backbones (run once; the results are committed under ``assets/``).
+
+``vim-proxy``: a 4-layer Vim (d_model 64, d_state 8, patch 8 on 32x32, 16 patches + middle cls token)
+trained from scratch on Fashion-MNIST (Debian ``dataset-fashion-mnist``; 28x28 grey padded to 32x32 and
+repeated to RGB, ImageNet normalisation as the VTAB loader), saved in hustvl's ``{"model": ...}`` format.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .models import VimConfig, build
+from .models.checkpoint import save_vim
+from .train import Recipe, evaluate, train_classifier
+
+VIM_PROXY = VimConfig(d_model=64, depth=4, img_size=32, patch_size=8, d_state=8, num_classes=10, drop_path_rate=0.0)
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip or plain): uint8 images (n, rows, cols) or labels (n,)."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    magic, n = struct.unpack(">II", raw[:8])
+    if magic == 0x801:
+        return np.frombuffer(raw, np.uint8, n, 8).copy()
+    if magic == 0x803:
+        rows, cols = struct.unpack(">II", raw[8:16])
+        return np.frombuffer(raw, np.uint8, n * rows * cols, 16).reshape(n, rows, cols).copy()
+    raise DataError(f"{path}: not an IDX uint8 file (magic {magic:#x})")
+
+
+def fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (n, 3, 32, 32) and int64 labels of Fashion-MNIST ``train`` or ``t10k``."""
+    prefix = "train" if split == "train" else "t10k"
+    img = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    lab = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    img = np.pad(img, ((0, 0), (2, 2), (2, 2)))
+    x = torch.from_numpy(img).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return x, torch.from_numpy(lab.astype(np.int64))
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"{root}: {stem}[.gz] not found (install Debian's dataset-fashion-mnist or pass --data)")
+
+
+def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 4, seed: int = 0, limit: int | None = None,
+                       log=print) -> dict:
+    from .data.vtab import normalize
+
+    torch.manual_seed(seed)
+    Xtr, ytr = fashion_mnist(data, "train")
+    Xte, yte = fashion_mnist(data, "t10k")
+    if limit:
+        Xtr, ytr, Xte, yte = Xtr[:limit], ytr[:limit], Xte[: limit // 5], yte[: limit // 5]
+    Xtr, Xte = normalize(Xtr), normalize(Xte)
+    model = build(replace(VIM_PROXY))
+    recipe = Recipe(lr=2e-3, weight_decay=0.05, batch_size=128, epochs=epochs, warmup_epochs=0.3, grad_clip=5.0)
+    res = train_classifier(
+        model, (Xtr, ytr), (Xte, yte), recipe, seed=seed,
+        on_epoch=lambda e, a: log(f"epoch {e + 1}/{epochs}: Fashion-MNIST test accuracy {a:.4f}"),
+    )
+    acc = evaluate(model, Xte, yte)
+    save_vim(model, out)
+    return {"test_accuracy": acc, "epochs": epochs, "seconds": res.seconds, "train_images": len(Xtr),
+            "recipe": recipe.to_dict(), "params": sum(p.numel() for p in model.parameters())}

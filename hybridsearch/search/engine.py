@@ -1,0 +1,201 @@
+"""The Optuna engine: create or resume a study, recover trials of dead workers, run N worker processes.
+
+The study in its storage is the single source of truth: the space, its hash, the target number of finished
+trials and the seed are study attributes, so ``resume`` needs only the study name and storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import ConfigError
+from .storage import GRACE_S, HEARTBEAT_S, open_storage
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class RunOptions:
+    study: str
+    storage: str | None
+    space_ref: str  # what load_space() reads: bundled name or path
+    trials: int | None = None
+    workers: int = 1
+    timeout: float | None = None
+    seed: int | None = None
+    data_root: str | None = None
+    devices: list[str] | None = None
+
+
+def directions(space) -> list[str]:
+    return ["maximize", "minimize"] if len(space.objectives) > 1 else ["maximize"]
+
+
+def open_study(opts: RunOptions, space, create: bool, worker: int = 0) -> optuna.Study:
+    storage = open_storage(opts.storage)
+    seed = opts.seed if opts.seed is not None else _attr_seed(storage, opts.study)
+    sampler = space.make_sampler(None if seed is None else seed + worker)
+    pruner = space.make_pruner()
+    if create:
+        study = optuna.create_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner,
+                                    directions=directions(space), load_if_exists=True)
+        attrs = study.user_attrs
+        if "space_hash" not in attrs:
+            study.set_user_attr("space_ref", opts.space_ref)
+            study.set_user_attr("space", space.to_dict())
+            study.set_user_attr("space_hash", space.space_hash())
+            study.set_user_attr("seed", opts.seed if opts.seed is not None else 0)
+            study.set_user_attr("data_root", opts.data_root)
+            study.set_user_attr("created", time.time())
+        elif attrs["space_hash"] != space.space_hash():
+            raise ConfigError(f"study {opts.study!r} was created from a different search space "
+                              f"(hash {attrs['space_hash'][:12]} vs {space.space_hash()[:12]}); use a new --study name")
+        if opts.trials is not None:
+            study.set_user_attr("target_trials", opts.trials)
+        elif "target_trials" not in study.user_attrs:
+            study.set_user_attr("target_trials", int(space.trials))
+        return study
+    return optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def _attr_seed(storage, name: str) -> int | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).user_attrs.get("seed")
+    except KeyError:
+        return None
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale(study: optuna.Study, grace: float = GRACE_S) -> list[int]:
+    """Mark RUNNING trials whose worker is gone as FAIL and re-queue their parameters (same values).
+
+    Gone = same host and the pid is dead, or no heartbeat for ``grace`` seconds (any host)."""
+    requeued = []
+    host, now = os.uname().nodename, time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker") or {}
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        dead = (w.get("host") == host and not _pid_alive(int(w.get("pid", -1)))) or now - beat > grace
+        if not dead:
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "failure", "worker died (killed or crashed); re-queued")
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        requeued.append(t.number)
+    return requeued
+
+
+class Heartbeat:
+    """Writes a ``heartbeat`` attribute on the running trial every few seconds (any storage)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study, self.trial_id = study, None
+        self._stop = threading.Event()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            tid = self.trial_id
+            if tid is not None:
+                with contextlib.suppress(Exception):  # the trial may have just finished
+                    self.study._storage.set_trial_user_attr(tid, "heartbeat", time.time())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = None) -> None:
+    """One worker: trains trials until the study has its target number of finished trials."""
+    import torch
+
+    from .objective import Objective, _img_size, data_root, load_tasks
+    from .space import load_space
+
+    if opts.devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = opts.devices[worker % len(opts.devices)]
+    device = "cuda" if opts.devices and torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(opts.workers, 1)))
+    space = load_space(opts.space_ref)
+    study = open_study(opts, space, create=False, worker=worker)
+    root = data_root(space, opts.data_root or study.user_attrs.get("data_root"))
+    tasks = load_tasks(space, root, _img_size(space), getattr(space.fidelity, "max_train_examples", None))
+    objective = Objective(space, tasks, device, seed=int(study.user_attrs.get("seed", 0)))
+    target = int(study.user_attrs["target_trials"])
+    beat = Heartbeat(study)
+    deadline = time.time() + opts.timeout if opts.timeout else None
+
+    def wrapped(trial: optuna.Trial):
+        beat.trial_id = trial._trial_id
+        return objective(trial)
+
+    def callback(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        beat.trial_id = None
+        if on_trial is not None:
+            on_trial(st, trial)
+        if finished(st) >= target or (deadline and time.time() > deadline):
+            st.stop()
+
+    try:
+        while finished(study) < target and not (deadline and time.time() > deadline):
+            study.optimize(wrapped, n_trials=1, catch=(Exception,), callbacks=[callback], gc_after_trial=True)
+    finally:
+        beat.stop()
+
+
+def _spawn_worker(opts: RunOptions, worker: int) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_worker(opts, worker)
+
+
+def run_study(opts: RunOptions, on_trial: Callable | None = None, poll: Callable | None = None) -> optuna.Study:
+    """Create or resume the study, recover dead trials, run ``opts.workers`` workers until the target."""
+    from .space import load_space
+
+    space = load_space(opts.space_ref)
+    study = open_study(opts, space, create=True)
+    recover_stale(study)
+    if opts.workers <= 1:
+        run_worker(opts, 0, on_trial)
+        return study
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_spawn_worker, args=(opts, i), daemon=False) for i in range(opts.workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            if poll is not None:
+                poll(study)
+            time.sleep(1.0)
+    finally:
+        for p in procs:
+            p.join(timeout=1)
+            if p.is_alive():
+                p.terminate()
+    if poll is not None:
+        poll(study)
+    return study

@@ -1,0 +1,79 @@
+"""Reading a study back: leaderboard rows, the best trial, the Pareto front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    peft = (t.user_attrs.get("peft") or {}).get("methods", {})
+    values = t.values or []
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "score": values[0] if values else None,
+        "trainable": t.user_attrs.get("trainable"),
+        "methods": list(peft),
+        "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
+        "failure": t.user_attrs.get("failure"),
+        "retry_of": t.user_attrs.get("retry_of"),
+        "task_accuracy": t.user_attrs.get("task_accuracy"),
+    }
+
+
+def leaderboard(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial: completed ones best first, then pruned / failed / running."""
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    done = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: -r["score"])
+    rest = sorted((r for r in rows if r["state"] != "COMPLETE"), key=lambda r: r["number"])
+    return done + rest
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (one objective) or the Pareto front (two)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda t: -t.values[0])
+    return [max(complete, key=lambda t: t.values[0])]
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    best = best_trials(study)
+    return {
+        "study": study.study_name,
+        "target_trials": study.user_attrs.get("target_trials"),
+        "states": states,
+        "best": trial_row(best[0]) if best else None,
+        "pareto_front": [trial_row(t) for t in best] if len(study.directions) > 1 else None,
+    }
+
+
+def render(study: optuna.Study, limit: int = 20) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = leaderboard(study)
+    s = summary(study)
+    title = f"study {study.study_name}: " + ", ".join(f"{k.lower()} {v}" for k, v in s["states"].items())
+    t = Table(title=title)
+    for c, j in (("#", "right"), ("state", "left"), ("val acc", "right"), ("trainable", "right"),
+                 ("methods", "left"), ("s", "right"), ("note", "left")):
+        t.add_column(c, justify=j)
+    for r in rows[:limit]:
+        note = r["failure"] or (f"retry of #{r['retry_of']}" if r["retry_of"] is not None else "")
+        t.add_row(str(r["number"]), r["state"], "" if r["score"] is None else f"{r['score']:.4f}",
+                  "" if r["trainable"] is None else f"{r['trainable']:,}", ", ".join(r["methods"]),
+                  "" if r["seconds"] is None else f"{r['seconds']:.1f}", (note or "")[:60])
+    console = Console()
+    console.print(t)
+    if s["pareto_front"]:
+        console.print("Pareto front (accuracy vs trainable parameters): "
+                      + ", ".join(f"#{r['number']} {r['score']:.4f}/{r['trainable']:,}" for r in s["pareto_front"]))

@@ -1,0 +1,157 @@
+"""Training and evaluation loops shared by search trials, pretraining and export --retrain.
+
+One epoch over in-memory tensors (a VTAB-1k task is 1,000 small images: decoding once and keeping the
+batch tensors in memory is far cheaper than a DataLoader per epoch). AdamW with the per-method groups of
+``peft.param_groups``, linear warm-up then cosine (or linear / constant) decay, bf16 autocast on CUDA.
+A non-finite loss raises ``TrialFailure`` so the search fails that trial only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import HybridSearchError
+from .peft import param_groups
+
+
+class TrialFailure(HybridSearchError):
+    """A trial cannot finish (non-finite loss, out of memory, bad data); the study goes on."""
+
+
+@dataclass
+class Recipe:
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    epochs: int = 10
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    grad_clip: float | None = None
+    eval_batch_size: int = 256
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Recipe:
+        d = dict(d or {})
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    val_acc: float
+    history: list[float] = field(default_factory=list)
+    train_loss: float = float("nan")
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    groups = param_groups(model, recipe.lr, recipe.weight_decay)
+    if not groups:
+        raise TrialFailure("nothing to train: no parameter requires a gradient")
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; allowed: adamw, sgd")
+
+
+def lr_factor(step: int, total: int, warmup: int, recipe: Recipe) -> float:
+    """Linear warm-up from 1e-3 x lr (as the reference), then the schedule down to min_lr."""
+    if warmup > 0 and step < warmup:
+        return 1e-3 + (1 - 1e-3) * step / warmup
+    if recipe.schedule == "constant":
+        return 1.0
+    t = (step - warmup) / max(total - warmup, 1)
+    floor = recipe.min_lr / recipe.lr if recipe.lr > 0 else 0.0
+    shape = 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
+    return floor + (1 - floor) * shape
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(X), batch_size):
+        xb = X[i : i + batch_size].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(xb)
+        correct += (logits.argmax(-1).cpu() == y[i : i + batch_size]).sum().item()
+    return correct / max(len(X), 1)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_classifier(
+    model: nn.Module,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor] | None,
+    recipe: Recipe,
+    *,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on (X, y) tensors; evaluate ``val`` after every epoch and call ``on_epoch(epoch, acc)``
+    (the search reports to the pruner there; it may raise ``optuna.TrialPruned``)."""
+    Xtr, ytr = train
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model, recipe)
+    steps_per_epoch = max(1, math.ceil(len(Xtr) / recipe.batch_size))
+    total = steps_per_epoch * recipe.epochs
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    trainable = [p for g in opt.param_groups for p in g["params"]]
+    result = TrainResult(val_acc=float("nan"))
+    start, step = time.perf_counter(), 0
+    for epoch in range(recipe.epochs):
+        model.train()
+        perm = torch.randperm(len(Xtr), generator=gen)
+        loss_sum = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+            xb, yb = Xtr[idx].to(device, non_blocking=True), ytr[idx].to(device, non_blocking=True)
+            f = lr_factor(step, total, warmup, recipe)
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * f
+            with _autocast(device):
+                loss = F.cross_entropy(model(xb).float(), yb)
+            if not torch.isfinite(loss):
+                raise TrialFailure(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
+            opt.step()
+            loss_sum += loss.item()
+            step += 1
+            if progress is not None:
+                progress(step, total)
+        result.train_loss = loss_sum / steps_per_epoch
+        if val is not None:
+            acc = evaluate(model, *val, batch_size=recipe.eval_batch_size)
+            result.history.append(acc)
+            result.val_acc = acc
+            if on_epoch is not None:
+                on_epoch(epoch, acc)
+    result.seconds, result.steps = time.perf_counter() - start, step
+    return result
