@@ -107,6 +107,12 @@ def source_path(name: str) -> Path:
     return _package_file(package, *parts)
 
 
+def source_name(name: str) -> str:
+    """Package-relative name of a source file, e.g. 'skimage/data/brick.png'."""
+    package, parts = _SOURCES[name]
+    return "/".join((package, *parts))
+
+
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -163,6 +169,11 @@ def _pad_to(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.pad(img, ((top, size - h - top), (left, size - w - left)))
 
 
+def _stack(images: Sequence[np.ndarray]) -> np.ndarray:
+    """np.stack that allows an empty split (the size check in build_task reports it)."""
+    return np.stack(images) if len(images) else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
+
 def _balanced_labels(rng: np.random.Generator, n: int, n_classes: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % n_classes).astype(np.int64)
 
@@ -211,7 +222,7 @@ def _make_mnist5k(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> di
     for split in _SPLIT_IDS:
         idx = perm[start : start + sizes.of(split)]
         start += len(idx)
-        out[split] = (np.stack([_pad_to(im) for im in images[idx]]), labels[idx])
+        out[split] = (_stack([_pad_to(im) for im in images[idx]]), labels[idx])
     return out
 
 
@@ -222,7 +233,7 @@ def _make_digits(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> dic
     for split in _SPLIT_IDS:
         idx = perm[start : start + sizes.of(split)]  # test gets what is left (797 by default)
         start += len(idx)
-        out[split] = (np.stack([_pad_to(_resize(im, 24)) for im in images[idx]]), labels[idx])
+        out[split] = (_stack([_pad_to(_resize(im, 24)) for im in images[idx]]), labels[idx])
     return out
 
 
@@ -246,7 +257,7 @@ def _make_texture3(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> d
     for split, rng in rngs.items():
         labels = _balanced_labels(rng, sizes.of(split), 3)
         imgs = [_texture_crop(rng, textures[lab], _TEXTURE_ROWS[split]) for lab in labels]
-        out[split] = (np.stack(imgs), labels)
+        out[split] = (_stack(imgs), labels)
     return out
 
 
@@ -274,12 +285,12 @@ def _make_faces(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> dict
         by_label = {lab: [i for i, lb in pools[split] if lb == lab] for lab in (0, 1)}
         imgs = [_face_view(rng, lfw[by_label[int(lab)][int(rng.integers(len(by_label[int(lab)])))]])
                 for lab in labels]
-        out[split] = (np.stack(imgs), labels)
+        out[split] = (_stack(imgs), labels)
     # Test: each held-out source as is and mirrored (120 images), shuffled, cut to n_test.
     test = [(_resize(lfw[i], IMAGE_SIZE), lab) for i, lab in pools["test"]]
     test += [(_resize(np.ascontiguousarray(lfw[i][:, ::-1]), IMAGE_SIZE), lab) for i, lab in pools["test"]]
     order = rngs["test"].permutation(len(test))[: sizes.n_test]
-    out["test"] = (np.stack([test[i][0] for i in order]), np.array([test[i][1] for i in order], np.int64))
+    out["test"] = (_stack([test[i][0] for i in order]), np.array([test[i][1] for i in order], np.int64))
     return out
 
 
@@ -297,7 +308,7 @@ def _make_rotation(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> d
             digit = Image.fromarray(_pad_to(images[rng.choice(pools[split])]))
             angle = float(lab) * 45.0 + rng.uniform(-15.0, 15.0)
             imgs.append(np.asarray(digit.rotate(angle, resample=Image.Resampling.BILINEAR), np.uint8))
-        out[split] = (np.stack(imgs), labels)
+        out[split] = (_stack(imgs), labels)
     return out
 
 
@@ -313,7 +324,7 @@ def _make_position(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> d
             x, y = int(lab) * 4 + int(rng.integers(0, 4)), int(rng.integers(0, 33))
             canvas[y : y + 28, x : x + 28] = images[rng.choice(pools[split])]
             imgs.append(_resize(canvas, IMAGE_SIZE))
-        out[split] = (np.stack(imgs), labels)
+        out[split] = (_stack(imgs), labels)
     return out
 
 
@@ -333,7 +344,7 @@ def _make_count(pool_rng: np.random.Generator, rngs: dict, sizes: Sizes) -> dict
     for split, rng in rngs.items():
         labels = _balanced_labels(rng, sizes.of(split), 6)
         imgs = [_count_canvas(rng, images, pools[split], int(lab) + 1) for lab in labels]
-        out[split] = (np.stack(imgs), labels)
+        out[split] = (_stack(imgs), labels)
     return out
 
 
@@ -417,6 +428,9 @@ def build_task(task: MiniTask, out: Path, seed: int, sizes: Sizes) -> dict:
     entry: dict = {"group": task.group, "num_classes": task.num_classes, "splits": {}}
     for split in _SPLIT_IDS:
         images, labels = splits[split]
+        short = len(labels) == 0 if split == "test" else len(labels) != sizes.of(split)
+        if short:  # test may be smaller than asked where the source is small, but not empty
+            raise DataError(f"mini-VTAB {task.name}: the source has too few images for {split}={sizes.of(split)}")
         images = _to_rgb(images)
         if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or images.dtype != np.uint8:
             raise AssertionError(f"{task.name}/{split}: bad image array {images.shape} {images.dtype}")
@@ -429,7 +443,7 @@ def build_task(task: MiniTask, out: Path, seed: int, sizes: Sizes) -> dict:
     n_tv = entry["splits"]["train800"]["count"] + entry["splits"]["val200"]["count"]
     entry["splits"]["train800val200"] = {"count": n_tv, "list_sha256": list_sha, "images_sha256": pix_sha}
     (task_dir / "classes.txt").write_text("".join(f"{c}\n" for c in task.classes))
-    entry["sources"] = [str(Path(*_SOURCES[s][1]).as_posix()) for s in task.sources]
+    entry["sources"] = [source_name(s) for s in task.sources]
     return entry
 
 
@@ -457,7 +471,7 @@ def _build_into(out: Path, seed: int, names: Sequence[str], sizes: Sizes) -> dic
         "image_size": IMAGE_SIZE,
         "sizes": {"n_train": sizes.n_train, "n_val": sizes.n_val, "n_test": sizes.n_test},
         "tasks": tasks,
-        "source_sha256": {Path(*_SOURCES[s][1]).as_posix(): _sha256_file(source_path(s)) for s in used},
+        "source_sha256": {source_name(s): _sha256_file(source_path(s)) for s in used},
         "built_with": {"numpy": np.__version__, "pillow": Image.__version__},
     }
     manifest["checksum"] = _checksum(manifest)
@@ -479,6 +493,8 @@ def build_mini_vtab(
     if dest.exists():
         raise DataError(f"{dest} already exists; remove it or choose another --out")
     names, sizes = _resolve_tasks(tasks), Sizes(n_train, n_val, n_test)
+    if min(n_train, n_val, n_test) < 1:
+        raise DataError(f"split sizes must be >= 1, got train {n_train}, val {n_val}, test {n_test}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
