@@ -50,10 +50,10 @@ def selective_scan(
         raise ValueError(f"unknown selective_scan backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "triton" if u.is_cuda and _triton_available() else "reference"
-    kwargs = dict(
-        D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-        return_last_state=return_last_state, initial_state=initial_state, reverse=reverse,
-    )
+    kwargs = {
+        "D": D, "z": z, "delta_bias": delta_bias, "delta_softplus": delta_softplus,
+        "return_last_state": return_last_state, "initial_state": initial_state, "reverse": reverse,
+    }
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, **kwargs)
     if backend == "triton":
