@@ -37,6 +37,8 @@ class Recipe:
     min_lr: float = 1e-5
     grad_clip: float | None = None
     eval_batch_size: int = 256
+    head_lr_mult: float = 1.0
+    head_decay_mult: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Recipe:
@@ -58,7 +60,7 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    groups = param_groups(model, recipe.lr, recipe.weight_decay)
+    groups = param_groups(model, recipe.lr, recipe.weight_decay, recipe.head_lr_mult, recipe.head_decay_mult)
     if not groups:
         raise TrialFailure("nothing to train: no parameter requires a gradient")
     for g in groups:

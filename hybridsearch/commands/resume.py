@@ -20,4 +20,5 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.storage)
     if args.data_root is None:
         args.data_root = study.user_attrs.get("data_root")
-    return execute(args, study.user_attrs["space_ref"], args.study)
+    a = study.user_attrs
+    return execute(args, a["space_ref"], args.study, a.get("stage"), a.get("chosen"))

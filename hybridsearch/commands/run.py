@@ -29,7 +29,31 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_run_options(p)
 
 
-def execute(args: argparse.Namespace, space_ref: str, study_name: str) -> int:
+def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: int | None = None,
+            chosen: list[str] | None = None) -> int:
+    """Run one study, or every stage of a staged space in turn (stage k+1 tunes stage k's chosen methods)."""
+    from ..errors import HybridSearchError
+    from ..search.results import best_trials
+    from ..search.space import load_space
+
+    space = load_space(space_ref)
+    if stage is not None or not space.stages:
+        _run_one(args, space_ref, study_name, stage, chosen, args.trials)
+        return 0
+    for k, st in enumerate(space.stages, 1):
+        name = f"{study_name}.{st.name or f'stage{k}'}"
+        print(f"stage {k}/{len(space.stages)}: study {name}" + (f", methods {', '.join(chosen)}" if chosen else ""))
+        study = _run_one(args, space_ref, name, k, chosen, args.trials or st.trials)
+        best = best_trials(study)
+        if not best:
+            raise HybridSearchError(f"stage {k} ({name}) finished without a completed trial; "
+                                    f"see hybridsearch show {name}")
+        chosen = space.stage_space(k, chosen).selected_methods(best[0].params)
+    return 0
+
+
+def _run_one(args: argparse.Namespace, space_ref: str, study_name: str, stage: int | None,
+             chosen: list[str] | None, trials: int | None):
     import optuna
 
     from ..search.engine import RunOptions, finished, run_study
@@ -37,9 +61,9 @@ def execute(args: argparse.Namespace, space_ref: str, study_name: str) -> int:
 
     devices = args.devices.split(",") if args.devices else None
     workers = len(devices) if devices else args.workers
-    opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=args.trials,
+    opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=trials,
                       workers=workers, timeout=args.timeout, seed=args.seed, data_root=args.data_root,
-                      devices=devices)
+                      devices=devices, stage=stage, chosen=chosen)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _Progress() as prog:
         study = run_study(opts, on_trial=prog.on_trial, poll=prog.poll)
@@ -52,7 +76,7 @@ def execute(args: argparse.Namespace, space_ref: str, study_name: str) -> int:
     target = study.user_attrs.get("target_trials")
     print(f"{finished(study)}/{target} trials finished; leaderboard in {out / 'leaderboard.json'}; "
           f"export the winner with: hybridsearch export {study_name} --out {out / 'winner'}")
-    return 0
+    return study
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,18 +26,20 @@ from ..errors import ConfigError
 LayerSpec = Any  # "all" | "a-b" | int | list[int | "a-b"]
 
 
-def parse_layers(spec: LayerSpec, depth: int, where: str = "layers") -> list[int]:
-    """Resolve a layer spec to sorted layer indices, checking them against ``depth``."""
+def layer_ranges(spec: LayerSpec, where: str = "layers") -> list[tuple[int, int]] | None:
+    """Syntax check of a layer spec: inclusive (lo, hi) ranges, or None for all layers. Expands nothing."""
     if spec is None or spec == "all":
-        return list(range(depth))
+        return None
     items = spec if isinstance(spec, list) else [spec]
-    out: set[int] = set()
+    if not items:
+        raise ConfigError(f"{where}: an empty list selects no layer; use 'all', an int, 'a-b' or a list of those")
+    out = []
     for item in items:
         if isinstance(item, bool):
             raise ConfigError(f"{where}: {item!r} is not a layer; allowed: all, an int, 'a-b' or a list of those")
         if isinstance(item, int):
             lo = hi = item
-        elif isinstance(item, str) and "-" in item:
+        elif isinstance(item, str) and "-" in item.strip()[1:]:
             try:
                 lo, hi = (int(p) for p in item.split("-", 1))
             except ValueError:
@@ -48,10 +50,23 @@ def parse_layers(spec: LayerSpec, depth: int, where: str = "layers") -> list[int
             raise ConfigError(f"{where}: {item!r} is not a layer; allowed: all, an int, 'a-b' or a list of those")
         if lo > hi:
             raise ConfigError(f"{where}: range {item!r} has min > max")
-        if lo < 0 or hi >= depth:
-            raise ConfigError(f"{where}: {item!r} is outside the model's layers 0-{depth - 1}")
-        out.update(range(lo, hi + 1))
-    return sorted(out)
+        if lo < 0:
+            raise ConfigError(f"{where}: {item!r} is negative; layers count from 0")
+        out.append((lo, hi))
+    return out
+
+
+def parse_layers(spec: LayerSpec, depth: int, where: str = "layers") -> list[int]:
+    """Resolve a layer spec to sorted layer indices, checking them against ``depth``."""
+    ranges = layer_ranges(spec, where)
+    if ranges is None:
+        return list(range(depth))
+    chosen: set[int] = set()
+    for lo, hi in ranges:
+        if hi >= depth:
+            raise ConfigError(f"{where}: {lo}-{hi} is outside the model's layers 0-{depth - 1}")
+        chosen.update(range(lo, hi + 1))
+    return sorted(chosen)
 
 
 def _check_rank(value: Any, where: str) -> None:
@@ -72,8 +87,7 @@ class MethodConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"{where}.{name}: must be a number >= 0, got {v!r}")
-        if self.layers != "all":
-            parse_layers(self.layers, 10**9, f"{where}.layers")  # syntax only; range checked on apply
+        layer_ranges(self.layers, f"{where}.layers")  # syntax only; the range is checked on apply
 
     def layer_ranks(self, depth: int, where: str) -> dict[int, int]:
         """layer -> rank for rank-bearing methods (``rank`` int or mapping), restricted to ``layers``."""
@@ -124,7 +138,7 @@ class LoraConfig(MethodConfig):
                 raise ConfigError(f"{where}.rank: an empty mapping selects no layer")
             for k, v in self.rank.items():
                 _check_rank(v, f"{where}.rank[{k!r}]")
-                parse_layers(str(k), 10**9, f"{where}.rank[{k!r}]")
+                layer_ranges(str(k), f"{where}.rank[{k!r}]")
         else:
             _check_rank(self.rank, f"{where}.rank")
         _number(self.scale, f"{where}.scale")
@@ -150,16 +164,20 @@ AFFIX_PLACEMENTS = tuple(f"{s}_{p}" for s in ("single", "dual") for p in _INNER)
 
 @dataclass
 class PromptConfig(MethodConfig):
-    """Prompt-tuning: ``tokens`` learnable tokens in the input embedding space."""
+    """Prompt-tuning: ``tokens`` learnable tokens in the input embedding space.
+
+    ``placement`` defaults to ``prefix_suffix`` on Vim and ``prefix`` (the only one it supports) on the LM.
+    """
 
     tokens: int = 8
-    placement: str = "prefix_suffix"
+    placement: str | None = None
     projection: bool = False
 
     def validate(self, where: str) -> None:
         super().validate(where)
         _positive_int(self.tokens, f"{where}.tokens")
-        _choice(self.placement, PROMPT_PLACEMENTS, f"{where}.placement")
+        if self.placement is not None:
+            _choice(self.placement, PROMPT_PLACEMENTS, f"{where}.placement")
         _choice(self.projection, (True, False), f"{where}.projection")
 
 

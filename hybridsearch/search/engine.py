@@ -34,6 +34,15 @@ class RunOptions:
     seed: int | None = None
     data_root: str | None = None
     devices: list[str] | None = None
+    stage: int | None = None
+    chosen: list[str] | None = None
+
+
+def stage_space(opts: RunOptions):
+    from .space import load_space
+
+    space = load_space(opts.space_ref)
+    return space if opts.stage is None else space.stage_space(opts.stage, opts.chosen)
 
 
 def directions(space) -> list[str]:
@@ -55,6 +64,8 @@ def open_study(opts: RunOptions, space, create: bool, worker: int = 0) -> optuna
             study.set_user_attr("space_hash", space.space_hash())
             study.set_user_attr("seed", opts.seed if opts.seed is not None else 0)
             study.set_user_attr("data_root", opts.data_root)
+            study.set_user_attr("stage", opts.stage)
+            study.set_user_attr("chosen", opts.chosen)
             study.set_user_attr("created", time.time())
         elif attrs["space_hash"] != space.space_hash():
             raise ConfigError(f"study {opts.study!r} was created from a different search space "
@@ -133,17 +144,17 @@ def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = No
     import torch
 
     from .objective import Objective, _img_size, data_root, load_tasks
-    from .space import load_space
 
     if opts.devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = opts.devices[worker % len(opts.devices)]
     device = "cuda" if opts.devices and torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(opts.workers, 1)))
-    space = load_space(opts.space_ref)
+    space = stage_space(opts)
     study = open_study(opts, space, create=False, worker=worker)
     root = data_root(space, opts.data_root or study.user_attrs.get("data_root"))
-    tasks = load_tasks(space, root, _img_size(space), getattr(space.fidelity, "max_train_examples", None))
+    tasks = load_tasks(space, root, _img_size(space), space.fidelity.max_train_examples,
+                       max_val=space.fidelity.max_val_examples)
     objective = Objective(space, tasks, device, seed=int(study.user_attrs.get("seed", 0)))
     target = int(study.user_attrs["target_trials"])
     beat = Heartbeat(study)
@@ -174,9 +185,7 @@ def _spawn_worker(opts: RunOptions, worker: int) -> None:
 
 def run_study(opts: RunOptions, on_trial: Callable | None = None, poll: Callable | None = None) -> optuna.Study:
     """Create or resume the study, recover dead trials, run ``opts.workers`` workers until the target."""
-    from .space import load_space
-
-    space = load_space(opts.space_ref)
+    space = stage_space(opts)
     study = open_study(opts, space, create=True)
     recover_stale(study)
     if opts.workers <= 1:

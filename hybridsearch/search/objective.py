@@ -16,8 +16,8 @@ import torch
 from ..errors import DataError, HybridSearchError
 from ..models import create_model
 from ..peft import apply_peft, count_parameters
-from ..peft.api import count_config
 from ..train import Recipe, TrialFailure, train_classifier
+from .space import check_budget
 
 
 @dataclass
@@ -46,15 +46,18 @@ def data_root(space, override: str | None) -> Path:
 
 
 def load_tasks(space, root: Path, image_size: int, max_train: int | None, tasks: list[str] | None = None,
-               train_split: str | None = None, val_split: str | None = None) -> list[TaskData]:
+               train_split: str | None = None, val_split: str | None = None,
+               max_val: int | None = None) -> list[TaskData]:
     from ..data.vtab import load_split, normalize, num_classes
 
     out = []
-    for task in tasks or space.data.tasks:
+    for task in tasks or space.search_tasks:
         Xtr, ytr = load_split(root, task, train_split or space.data.train_split, image_size)
         Xva, yva = load_split(root, task, val_split or space.data.val_split, image_size)
         if max_train:
             Xtr, ytr = Xtr[:max_train], ytr[:max_train]
+        if max_val:
+            Xva, yva = Xva[:max_val], yva[:max_val]
         out.append(TaskData(task, num_classes(root, task), (normalize(Xtr), ytr), (normalize(Xva), yva)))
     return out
 
@@ -88,13 +91,14 @@ class Objective:
         recipe.epochs = int(epochs)
         trial.set_user_attr("fidelity", {"epochs": recipe.epochs, "tasks": [t.name for t in self.tasks],
                                          "train_examples": [len(t.train[1]) for t in self.tasks]})
-        counts = count_config(self.space.model.name, sampled.peft, self.tasks[0].num_classes)
+        within, counts = check_budget(self.space, sampled.peft)  # exact counts, before any training
         trial.set_user_attr("counts", counts)
         trial.set_user_attr("trainable", counts["trainable"])
-        limit = getattr(self.space.budget, "max_trainable", None) if self.space.budget is not None else None
-        if limit is not None and counts["trainable"] > limit:
-            trial.set_user_attr("failure", f"over budget: {counts['trainable']} > max_trainable {limit}")
-            raise optuna.TrialPruned(f"over budget ({counts['trainable']} > {limit})")
+        if not within:
+            b = self.space.budget
+            reason = f"over budget: {counts['budgeted']:,} trainable vs [{b.min_trainable}, {b.max_trainable}]"
+            trial.set_user_attr("failure", reason)
+            raise optuna.TrialPruned(reason)
         multi = len(self.space.objectives) > 1
         accs, timings = [], {}
         try:
