@@ -36,9 +36,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's first line is generic advice (with terminal escapes); the "Unsupported ..." line names the culprit
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else type(e).__name__)
         raise CheckpointError(
             f"{path}: refused to load: the pickle needs code to run (only plain tensors are allowed): "
-            f"{str(e).splitlines()[0]}"
+            f"{why.split('. Please')[0]}"
         ) from None
     except Exception as e:  # truncated or not a checkpoint at all
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None

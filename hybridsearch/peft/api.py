@@ -75,7 +75,7 @@ def count_parameters(model: nn.Module) -> dict[str, Any]:
         seen.add(id(p))
         owner = method_of(model, name, p)
         n = p.numel()
-        if owner not in METHODS:
+        if "peft" not in name.split("."):  # base architecture, including tensors unfrozen by partial tuning
             base += n
         if p.requires_grad:
             trainable += n
@@ -200,7 +200,8 @@ def _plain_no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim < 2 or name.split(".")[-1] in _NO_DECAY_NAMES
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
+                 head_decay_mult: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups with each method's ``lr_mult`` / ``decay_mult``. Pretrained-style tensors (A_log, norms,
     biases, DoRA magnitudes, unfrozen v1 tensors) get no decay; v2 deltas are decayed toward zero."""
     cfg = getattr(model, "peft_config", None)
@@ -212,8 +213,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[
             continue
         owner = method_of(model, name, p)
         mc = cfg.methods.get(owner) if cfg is not None else None
-        lr_mult = mc.lr_mult if mc else 1.0
-        decay = weight_decay * (mc.decay_mult if mc else 1.0)
+        lr_mult = mc.lr_mult if mc else (head_lr_mult if owner == "head" else 1.0)
+        decay = weight_decay * (mc.decay_mult if mc else (head_decay_mult if owner == "head" else 1.0))
         local = name.split(".")
         no_decay = owner in ("base", "head") and _plain_no_decay(name, p)
         no_decay = no_decay or id(p) in getattr(model, "_peft_unfrozen", {})

@@ -81,6 +81,8 @@ def _lora_attacher(target: str, part: str, site: str | None, shared: bool, relu:
     """shared: one adapter per layer (in_proj / out_proj are shared by both Vim directions)."""
 
     def attach(model: nn.Module, cfg: LoraConfig, name: str) -> None:
+        if relu and cfg.dora:  # DoRA needs a weight delta; the adapter's ReLU has none
+            raise ConfigError(f"methods.{name}.dora: DoRA is available on the linear LoRA family only")
         for i, rank in cfg.layer_ranks(len(model.mixers), f"methods.{name}").items():
             m = model.mixers[i]
             base = {"f": m.param(target, "f")} if shared else _directions(m, target)
@@ -141,10 +143,11 @@ for _name, _target, _part, _site, _shared, _desc in _LORA[1:]:
 # -- tokens ---------------------------------------------------------------------------------------------------
 @_register("prompt", PromptConfig, "Prompt-tuning: learnable tokens in the input sequence", per_layer=False)
 def _attach_prompt(model: nn.Module, cfg: PromptConfig, name: str) -> None:
-    if model.kind == "lm" and cfg.placement != "prefix":
+    placement = cfg.placement or ("prefix_suffix" if model.kind == "vim" else "prefix")
+    if model.kind == "lm" and placement != "prefix":
         raise ConfigError(f"methods.{name}.placement: the language model supports only 'prefix'")
     d = model.cfg.d_model
-    model.peft[name] = Prompt(d, cfg.tokens, cfg.placement, cfg.projection)
+    model.peft[name] = Prompt(d, cfg.tokens, placement, cfg.projection)
 
 
 @_register("affix", AffixConfig, "Affix-tuning: tokens in each scan, outputs discarded")

@@ -52,8 +52,8 @@ class AdditionalScan(PeftModule):
                 new = torch.full((E, states), math.log(constant), device=a.device)
             logs[d] = nn.Parameter(new.float())
             proj = nn.Linear(E, 2 * states, bias=False, device=a.device)
-            if zero_init:
-                nn.init.zeros_(proj.weight)
+            if zero_init:  # zero C rows only: no change at init, yet trainable (zero B and C is a dead saddle)
+                nn.init.zeros_(proj.weight[states:])
             projs[d] = proj
         self.A_log = nn.ParameterDict(logs)
         self.x_proj = nn.ModuleDict(projs)
