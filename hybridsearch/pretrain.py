@@ -57,7 +57,8 @@ def _find(root: Path, stem: str) -> Path:
 
 
 def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 4, seed: int = 0, limit: int | None = None,
-                       log=print) -> dict:
+                       log=None) -> dict:
+    log = log or (lambda msg: print(msg, flush=True))
     from .data.vtab import normalize
 
     torch.manual_seed(seed)
@@ -68,10 +69,11 @@ def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 4, seed: int = 0, li
     Xtr, Xte = normalize(Xtr), normalize(Xte)
     model = build(replace(VIM_PROXY))
     recipe = Recipe(lr=2e-3, weight_decay=0.05, batch_size=128, epochs=epochs, warmup_epochs=0.3, grad_clip=5.0)
-    res = train_classifier(
-        model, (Xtr, ytr), (Xte, yte), recipe, seed=seed,
-        on_epoch=lambda e, a: log(f"epoch {e + 1}/{epochs}: Fashion-MNIST test accuracy {a:.4f}"),
-    )
+    def on_epoch(e: int, acc: float) -> None:  # save every epoch: a long run interrupted keeps its progress
+        save_vim(model, out)
+        log(f"epoch {e + 1}/{epochs}: Fashion-MNIST test accuracy {acc:.4f}; saved {out}")
+
+    res = train_classifier(model, (Xtr, ytr), (Xte, yte), recipe, seed=seed, on_epoch=on_epoch)
     acc = evaluate(model, Xte, yte)
     save_vim(model, out)
     return {"test_accuracy": acc, "epochs": epochs, "seconds": res.seconds, "train_images": len(Xtr),

@@ -59,10 +59,10 @@ def export(study: optuna.Study, out: Path, trial_number: int | None = None, retr
 def _retrain(study, trial, cfg: PeftConfig, out: Path, data_root: str | None, log) -> dict[str, Any]:
     """Full-fidelity training on train800val200 per task, one test evaluation, adapters + merged model."""
     from ..models import create_model
-    from ..models.checkpoint import save_vim
+    from ..models.checkpoint import save_mamba, save_vim
     from ..peft import apply_peft, merge_peft, save_adapters
     from ..train import Recipe, evaluate, train_classifier
-    from .objective import _img_size, load_tasks
+    from .objective import _img_size, build_lm, load_tasks, train_lm_task
     from .objective import data_root as resolve_root
     from .space import load_space
 
@@ -72,13 +72,18 @@ def _retrain(study, trial, cfg: PeftConfig, out: Path, data_root: str | None, lo
     tasks = load_tasks(space, root, _img_size(space), None, train_split="train800val200", val_split="test")
     seed = int(trial.user_attrs.get("seed") or 0)
     results = {}
+    lm = space.data.kind == "commonsense"
     for task in tasks:
-        log(f"retraining trial {trial.number} on {task.name} (train800val200, {recipe.epochs} epochs)")
+        log(f"retraining trial {trial.number} on {task.name} (all training data, {recipe.epochs} epochs)")
         torch.manual_seed(seed)
-        model = create_model(space.model.name, num_classes=task.num_classes, checkpoint=space.model.checkpoint)
-        apply_peft(model, cfg)
-        train_classifier(model, task.train, None, recipe, seed=seed)
-        acc = evaluate(model, *task.val)  # test split, evaluated once
+        if lm:
+            model, tokenizer = build_lm(space, cfg.to_dict())
+            acc = train_lm_task(model, tokenizer, task, recipe, seed)  # test.json, scored once
+        else:
+            model = create_model(space.model.name, num_classes=task.num_classes, checkpoint=space.model.checkpoint)
+            apply_peft(model, cfg)
+            train_classifier(model, task.train, None, recipe, seed=seed)
+            acc = evaluate(model, *task.val)  # test split, evaluated once
         adir = save_adapters(model, out / "adapters" / task.name,
                              extra_meta={"model": space.model.name, "task": task.name, "test_accuracy": acc})
         entry: dict[str, Any] = {"test_accuracy": acc, "adapters": str(adir)}
@@ -86,6 +91,8 @@ def _retrain(study, trial, cfg: PeftConfig, out: Path, data_root: str | None, lo
             merged = merge_peft(model)
             if merged.kind == "vim":
                 entry["merged"] = str(save_vim(merged, out / "merged" / f"{task.name}.pth"))
+            else:
+                entry["merged"] = str(save_mamba(merged, out / "merged" / task.name))
         except ConfigError as e:
             entry["merged"] = None
             entry["merge_note"] = str(e)

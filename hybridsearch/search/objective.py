@@ -4,6 +4,7 @@ train split at the space's fidelity, score it on the val split (never test), rep
 from __future__ import annotations
 
 import gc
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ def data_root(space, override: str | None) -> Path:
         from ..data.mini_vtab import ensure_mini_vtab
 
         return ensure_mini_vtab()
+    if data.kind == "commonsense" and not (override or data.root):
+        from ..lm.evaluate import DEFAULT_DATA_ROOT
+
+        return DEFAULT_DATA_ROOT
     root = override or data.root
     if not root or not Path(root).is_dir():
         raise DataError(
@@ -45,10 +50,44 @@ def data_root(space, override: str | None) -> Path:
     return Path(root)
 
 
+# which label words belong to which commonsense task family (the "Answer format:" line of each record)
+_LABEL_FAMILY = {"true": ("boolq",), "solution1": ("piqa",), "ending1": ("hellaswag",), "option1": ("winogrande",),
+                 "answer1": ("social_i_qa", "ARC-Challenge", "ARC-Easy", "openbookqa")}
+
+
+def _family(record) -> tuple[str, ...]:
+    from ..data.commonsense import parse_label_set
+
+    labels = parse_label_set(record.instruction)
+    return _LABEL_FAMILY.get(labels[0], ()) if labels else ()
+
+
+def load_commonsense(space, root: Path, max_train: int | None, max_val: int | None, test: bool = False) -> list:
+    """One TaskData for the LM: the mixed training file less a held-out validation part (the objective),
+    restricted to the label families of the space's tasks; ``test``: train on all of it, score test.json."""
+    from ..data.commonsense import canonical_task, load_records, load_test, split_train_val
+    from ..lm.proxy_tasks import TRAIN_FILE
+
+    wanted = {canonical_task(t) for t in space.search_tasks}
+    path = root / TRAIN_FILE if (root / TRAIN_FILE).is_file() else root / "commonsense_170k.json"
+    records = [r for r in load_records(path) if wanted & set(_family(r))]
+    if not records:
+        raise DataError(f"{path}: no training record matches the tasks {sorted(wanted)}")
+    if test:
+        train, val = records, [r for t in sorted(wanted) for r in load_test(root, t)]
+    else:
+        train, val = split_train_val(records, val_size=min(max_val or 300, len(records) // 5), seed=42)
+    train = train[:max_train] if max_train else train
+    return [TaskData("+".join(sorted(wanted)), 0, (train, None), (val, None))]
+
+
 def load_tasks(space, root: Path, image_size: int, max_train: int | None, tasks: list[str] | None = None,
                train_split: str | None = None, val_split: str | None = None,
                max_val: int | None = None) -> list[TaskData]:
     from ..data.vtab import load_split, normalize, num_classes
+
+    if space.data.kind == "commonsense":
+        return load_commonsense(space, root, max_train, max_val, test=val_split == "test")
 
     out = []
     for task in tasks or space.search_tasks:
@@ -90,7 +129,7 @@ class Objective:
         epochs = _fidelity(self.space, "epochs", recipe.epochs)
         recipe.epochs = int(epochs)
         trial.set_user_attr("fidelity", {"epochs": recipe.epochs, "tasks": [t.name for t in self.tasks],
-                                         "train_examples": [len(t.train[1]) for t in self.tasks]})
+                                         "train_examples": [len(t.train[0]) for t in self.tasks]})
         within, counts = check_budget(self.space, sampled.peft)  # exact counts, before any training
         trial.set_user_attr("counts", counts)
         trial.set_user_attr("trainable", counts["trainable"])
@@ -120,6 +159,8 @@ class Objective:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         score = sum(accs) / len(accs)
+        if not math.isfinite(score):  # Optuna would fail it silently, without a reason in the leaderboard
+            self._fail(trial, f"non-finite validation accuracy ({score})")
         trial.set_user_attr("task_accuracy", dict(zip([t.name for t in self.tasks], accs)))
         trial.set_user_attr("timings", {**timings, "total": round(time.perf_counter() - t0, 3)})
         return (score, float(counts["trainable"])) if multi else score
@@ -130,10 +171,12 @@ class Objective:
 
     def _train_task(self, trial, task: TaskData, recipe: Recipe, seed: int, ti: int, report: bool) -> float:
         torch.manual_seed(seed)
-        model = create_model(self.space.model.name, num_classes=task.num_classes,
-                             checkpoint=self.space.model.checkpoint).to(self.device)
-        sampled_peft = trial.user_attrs["peft"]
-        apply_peft(model, sampled_peft)
+        if self.space.data.kind == "commonsense":
+            model, tokenizer = build_lm(self.space, trial.user_attrs["peft"], self.device)
+        else:
+            model = create_model(self.space.model.name, num_classes=task.num_classes,
+                                 checkpoint=self.space.model.checkpoint).to(self.device)
+            apply_peft(model, trial.user_attrs["peft"])
         trial.set_user_attr(f"counts.{task.name}", count_parameters(model)["trainable"])
 
         def on_epoch(epoch: int, acc: float) -> None:
@@ -145,5 +188,32 @@ class Objective:
                 trial.set_user_attr("pruned_at", {"task": task.name, "epoch": epoch, "accuracy": acc})
                 raise optuna.TrialPruned(f"pruned at task {task.name} epoch {epoch}")
 
+        if self.space.data.kind == "commonsense":
+            return train_lm_task(model, tokenizer, task, recipe, seed, on_epoch)
         res = train_classifier(model, task.train, task.val, recipe, seed=seed, on_epoch=on_epoch)
         return res.val_acc
+
+
+def build_lm(space, peft: dict, device: str = "cpu"):
+    from ..lm.loading import load_lm
+
+    model, tokenizer = load_lm(space.model.checkpoint or space.model.name, device=device)
+    apply_peft(model, peft)
+    return model, tokenizer
+
+
+def train_lm_task(model, tokenizer, task: TaskData, recipe: Recipe, seed: int, on_epoch=None,
+                  score: bool = True) -> float:
+    """LM fine-tuning with the reference recipe (lm/train.py); the search's recipe sets lr, decay, epochs and
+    the effective batch. Returns the likelihood accuracy on ``task.val``."""
+    from ..lm.evaluate import likelihood_accuracy
+    from ..lm.train import LMRecipe, train_lm
+
+    r = LMRecipe(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
+                 batch_size=recipe.batch_size, micro_batch_size=math.gcd(recipe.batch_size, 16),
+                 schedule="linear" if recipe.schedule == "cosine" else recipe.schedule)
+    val = task.val[0] if on_epoch is not None else None
+    res = train_lm(model, tokenizer, task.train[0], r, val=val, seed=seed, on_epoch=on_epoch)
+    if val is not None and res.history:
+        return res.val_acc
+    return likelihood_accuracy(model, tokenizer, task.val[0]) if score else float("nan")
