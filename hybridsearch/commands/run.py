@@ -21,6 +21,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default 0)")
     p.add_argument("--data-root", default=None, help="dataset root (VTAB-1k folder or commonsense files)")
     p.add_argument("--out", type=Path, default=None, help="folder for the leaderboard and winner (default runs/STUDY)")
+    p.add_argument("--engine", choices=("optuna", "ray"), default="optuna",
+                   help="optuna: worker processes on this machine; ray: trials as Ray tasks (docs/ray.md)")
+    g = p.add_argument_group("--engine ray")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray, stop it at the end)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; a fraction packs trials on one GPU, e.g. 0.25 (default 0)")
+    g.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
+    g.add_argument("--max-retries", type=int, default=2,
+                   help="resubmit a trial whose worker or node died up to N times (default 2)")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -66,7 +78,11 @@ def _run_one(args: argparse.Namespace, space_ref: str, study_name: str, stage: i
                       devices=devices, stage=stage, chosen=chosen)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _Progress() as prog:
-        study = run_study(opts, on_trial=prog.on_trial, poll=prog.poll)
+        if getattr(args, "engine", "optuna") == "ray":
+            study = _run_ray(args, opts, prog)
+        else:
+            _no_ray_options(args)
+            study = run_study(opts, on_trial=prog.on_trial, poll=prog.poll)
         prog.poll(study)
     render(study)
     out = args.out or Path("runs") / study_name.replace("/", "_")
@@ -79,10 +95,34 @@ def _run_one(args: argparse.Namespace, space_ref: str, study_name: str, stage: i
     return study
 
 
+_RAY_DEFAULTS = {"address": None, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": None,
+                 "max_retries": 2}
+
+
+def _no_ray_options(args: argparse.Namespace) -> None:
+    from ..errors import ConfigError
+
+    used = [f"--{k.replace('_', '-')}" for k, v in _RAY_DEFAULTS.items() if getattr(args, k, v) != v]
+    if used:
+        raise ConfigError(f"{', '.join(used)} only apply with --engine ray")
+
+
+def _run_ray(args: argparse.Namespace, opts, prog):
+    from ..errors import ConfigError
+    from ..search.ray_engine import RayOptions, run_ray_study
+
+    if args.devices or args.workers != 1:
+        raise ConfigError("--engine ray: use --max-concurrent and --gpus-per-trial instead of --workers / --devices")
+    ro = RayOptions(**{k: getattr(args, k) for k in _RAY_DEFAULTS})
+    return run_ray_study(opts, ro, on_trial=prog.on_trial, poll=prog.poll)
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..search.preflight import preflight
     from ..search.space import load_space
 
     space = load_space(args.space)  # validates before anything is written
+    preflight(space, args.data_root)  # budget, checkpoint and data too: a bad start creates no study
     return execute(args, args.space if not Path(args.space).exists() else str(Path(args.space).resolve()),
                    args.study or space.name)
 

@@ -51,8 +51,10 @@ def directions(space) -> list[str]:
 
 def open_study(opts: RunOptions, space, create: bool, worker: int = 0) -> optuna.Study:
     storage = open_storage(opts.storage)
-    seed = opts.seed if opts.seed is not None else _attr_seed(storage, opts.study)
-    sampler = space.make_sampler(None if seed is None else seed + worker)
+    seed, done = _attr_seed(storage, opts.study)
+    seed = opts.seed if opts.seed is not None else seed
+    # a resumed study continues the sampler's stream instead of replaying its first configurations
+    sampler = space.make_sampler(None if seed is None else seed + worker + 7919 * done)
     pruner = space.make_pruner()
     if create:
         study = optuna.create_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner,
@@ -78,11 +80,13 @@ def open_study(opts: RunOptions, space, create: bool, worker: int = 0) -> optuna
     return optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
 
 
-def _attr_seed(storage, name: str) -> int | None:
+def _attr_seed(storage, name: str) -> tuple[int | None, int]:
+    """(stored seed, number of trials so far) of an existing study; (None, 0) for a new one."""
     try:
-        return optuna.load_study(study_name=name, storage=storage).user_attrs.get("seed")
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        return None
+        return None, 0
+    return study.user_attrs.get("seed"), len(study.get_trials(deepcopy=False))
 
 
 def _counted(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
