@@ -125,8 +125,10 @@ def test_num_classes_replaces_the_head(vim_and_file):
     x = tiny_input("vim")
     with torch.no_grad():  # everything but the head came from the file
         torch.testing.assert_close(loaded.eval().forward_features(x), model.eval().forward_features(x), atol=0, rtol=0)
-    same = create_model(path, num_classes=5)  # same size: the checkpoint's head is kept
-    torch.testing.assert_close(_out(same, "vim"), _out(model, "vim"), atol=0, rtol=0)
+    same = create_model(path, num_classes=5)  # a class count means a new task: fresh zero head even at equal size
+    assert torch.count_nonzero(same.head.weight) == 0
+    kept = create_model(path)  # no class count: the checkpoint's own head (deployment)
+    torch.testing.assert_close(_out(kept, "vim"), _out(model, "vim"), atol=0, rtol=0)
 
 
 def test_registered_name_with_a_checkpoint(vim_and_file):

@@ -63,6 +63,11 @@ MODELS.register("vim-proxy", ModelSpec(
     "4-layer Vim (d 64, N 8, 32x32, patch 8) pretrained on Fashion-MNIST; bundled",
     _asset("vim-proxy.pth", "hybridsearch pretrain vim-proxy"),
 ))
+MODELS.register("mamba-proxy", ModelSpec(
+    "lm", MambaConfig(d_model=128, n_layer=4, vocab_size=258, d_state=16, pad_vocab_size_multiple=8),
+    "4-layer byte-level Mamba LM (d 128, N 16, vocab 258 -> 264) pretrained on WordNet glosses; bundled",
+    _asset("mamba-proxy", "hybridsearch pretrain mamba-proxy"),
+))
 MODELS.register("mamba-130m", _lm(768, 24, "state-spaces/mamba-130m"))
 MODELS.register("mamba-370m", _lm(1024, 48, "state-spaces/mamba-370m"))
 MODELS.register("mamba-790m", _lm(1536, 48, "state-spaces/mamba-790m"))
@@ -84,8 +89,9 @@ def _with_classes(cfg, num_classes: int | None):
 
 def _load_vim(cfg: VimConfig, path: Path, num_classes: int | None, device=None) -> nn.Module:
     sd = ckpt.read_state_dict(path)
-    # the checkpoint's head is kept only when no other class count is asked for
-    keep_head = "head.weight" in sd and (num_classes is None or sd["head.weight"].shape[0] == num_classes)
+    # an explicit class count means a new task: a fresh (zero) head, as MambaPEFT never loads the pretrained head;
+    # without one the checkpoint's own head is loaded (deployment of a fine-tuned model)
+    keep_head = "head.weight" in sd and num_classes is None
     if keep_head:
         cfg = replace(cfg, num_classes=sd["head.weight"].shape[0])
     model = build(_with_classes(cfg, num_classes), device)
