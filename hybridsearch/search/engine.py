@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from ..errors import ConfigError
 from .storage import GRACE_S, HEARTBEAT_S, open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WAIT_S = 1.0  # poll interval of a worker waiting for the last running trials
 
 
 @dataclass
@@ -89,12 +91,30 @@ def _attr_seed(storage, name: str) -> tuple[int | None, int]:
     return study.user_attrs.get("seed"), len(study.get_trials(deepcopy=False))
 
 
+def _live(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward the target: not one a re-queued retry replaces (``retry_of``: otherwise
+    trials lost to a crash would use up the target and their retries would never run), not a ``surplus`` one,
+    and for each replaced trial only its first retry (two recoverers may both have re-queued it)."""
+    replaced = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    first_retry: dict[int, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.user_attrs.get("retry_of") is not None:
+            first_retry.setdefault(t.user_attrs["retry_of"], t.number)
+    return [t for t in trials if t.number not in replaced and not t.user_attrs.get("surplus")
+            and first_retry.get(t.user_attrs.get("retry_of"), t.number) == t.number]
+
+
 def _counted(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
-    """Trials in ``states``, not counting one that a re-queued retry replaces (``retry_of``): otherwise trials
-    lost to a crash would use up the target and their retries would never run."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = {t.user_attrs.get("retry_of") for t in trials}
-    return sum(1 for t in trials if t.state in states and t.number not in replaced)
+    return sum(1 for t in _live(study.get_trials(deepcopy=False)) if t.state in states)
+
+
+def has_ticket(study: optuna.Study, number: int, target: int) -> bool:
+    """Whether trial ``number`` is among the first ``target`` live trials, by number (queued ones included).
+
+    Workers check ``claimed`` before starting a trial, but two may pass that check at once; the trial
+    numbers order them, so exactly ``target`` trials run and a surplus one ends at once."""
+    live = _live(study.get_trials(deepcopy=False))
+    return any(t.number == number for t in live) and sum(t.number < number for t in live) < target
 
 
 def finished(study: optuna.Study) -> int:
@@ -108,34 +128,61 @@ def claimed(study: optuna.Study) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host; a zombie (killed, not yet reaped by its parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):  # no procfs (macOS): trust kill(0)
+        return True
+
+
+DIED = "worker died (killed or crashed); re-queued"
+INTERRUPTED = "interrupted (Ctrl-C); re-queued on resume"
 
 
 def recover_stale(study: optuna.Study, grace: float = GRACE_S) -> list[int]:
     """Mark RUNNING trials whose worker is gone as FAIL and re-queue their parameters (same values).
 
-    Gone = same host and the pid is dead, or no heartbeat for ``grace`` seconds (any host)."""
+    Gone = same host and the pid is dead, or no heartbeat for ``grace`` seconds (any host). Safe to run from
+    several processes and to kill at any point: the FAIL write decides which recoverer re-queues (the storage
+    refuses to finish a trial twice), and a FAIL left without its retry (a recoverer killed in between, or a
+    trial interrupted with Ctrl-C) is re-queued by the next call."""
     requeued = []
     host, now = os.uname().nodename, time.time()
+    storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker") or {}
         beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
         dead = (w.get("host") == host and not _pid_alive(int(w.get("pid", -1)))) or now - beat > grace
         if not dead:
             continue
-        storage = study._storage
-        storage.set_trial_user_attr(t._trial_id, "failure", "worker died (killed or crashed); re-queued")
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        try:
+            storage.set_trial_user_attr(t._trial_id, "failure", DIED)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # finished meanwhile, or another recoverer was first
+            continue
         # no params yet (killed between ask and sampling): the retry draws fresh ones, and still replaces it
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        study.enqueue_trial(_params(t), user_attrs={"retry_of": t.number}, skip_if_exists=False)
         requeued.append(t.number)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("failure") in (DIED, INTERRUPTED) \
+                and t.number not in retried:
+            study.enqueue_trial(_params(t), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            requeued.append(t.number)
     return requeued
+
+
+def _params(t: optuna.trial.FrozenTrial) -> dict:
+    """What the trial drew, and what it was queued with (a retry killed before drawing them all again)."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
 class Heartbeat:
@@ -180,9 +227,15 @@ def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = No
 
     def wrapped(trial: optuna.Trial):
         beat.trial_id = trial._trial_id
+        if not has_ticket(study, trial.number, target):
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("surplus: other workers started the target number of trials first")
         try:
             return objective(trial)
-        except (optuna.TrialPruned, KeyboardInterrupt):
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("failure", INTERRUPTED)
             raise
         except Exception as e:  # every failed trial carries its reason, wherever it failed
             if "failure" not in trial.user_attrs:
@@ -197,7 +250,11 @@ def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = No
             st.stop()
 
     try:
-        while claimed(study) < target and not (deadline and time.time() > deadline):
+        while finished(study) < target and not (deadline and time.time() > deadline):
+            if claimed(study) >= target:  # the rest are running: wait for them, re-queue any whose worker died
+                recover_stale(study)
+                time.sleep(WAIT_S)
+                continue
             # no gc_after_trial: the objective already collects after each trial (a second full collection
             # costs 0.1-0.4 s per trial in a large process)
             study.optimize(wrapped, n_trials=1, catch=(Exception,), callbacks=[callback], gc_after_trial=False)
@@ -237,7 +294,7 @@ def run_study(opts: RunOptions, on_trial: Callable | None = None, poll: Callable
     for p in procs:
         p.start()
     try:
-        while any(p.is_alive() for p in procs):
+        while sum(p.is_alive() for p in procs):  # asks every worker, so each dead one is reaped (no zombie)
             if poll is not None:
                 poll(study)
             time.sleep(1.0)

@@ -7,6 +7,7 @@ import gc
 import math
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,13 @@ class TaskData:
     num_classes: int
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
+
+
+def _release(e: BaseException) -> BaseException:
+    """Drop the locals of the finished frames ``e`` went through (the trial's model, its batches): the
+    exception outlives the trial (Optuna keeps and logs it), and its memory must not."""
+    traceback.clear_frames(e.__traceback__)
+    return e
 
 
 def data_root(space, override: str | None) -> Path:
@@ -145,15 +153,16 @@ class Objective:
                 acc = self._train_task(trial, task, recipe, seed, ti, report=not multi)
                 accs.append(acc)
                 timings[task.name] = round(time.perf_counter() - t0 - sum(timings.values()), 3)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as e:
+            _release(e)
             trial.set_user_attr("timings", timings)
             raise
         except torch.OutOfMemoryError as e:
-            self._fail(trial, f"out of memory: {str(e).splitlines()[0]}")
+            self._fail(trial, f"out of memory: {str(_release(e)).splitlines()[0]}")
         except (TrialFailure, HybridSearchError) as e:
-            self._fail(trial, str(e))
+            self._fail(trial, str(_release(e)))
         except Exception as e:  # a broken trial fails that trial, never the study
-            self._fail(trial, f"{type(e).__name__}: {e}")
+            self._fail(trial, f"{type(_release(e)).__name__}: {e}")
         finally:
             gc.collect()
             if torch.cuda.is_available():

@@ -1,0 +1,56 @@
+"""``hybridsearch evaluate``: commonsense accuracy of a Mamba LM (optionally with adapters) per task and on average."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+NAME = "evaluate"
+HELP = "evaluate a Mamba LM (+ adapters) on LLM-Adapters commonsense test files (likelihood or generation)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registered LM name (e.g. mamba-proxy) or checkpoint directory")
+    p.add_argument("--adapters", type=Path, default=None, help="adapter folder written by save_adapters")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json or its folder, or 'byte' (default: next to the checkpoint; byte for the "
+                        "proxies)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding dataset/<task>/test.json (default: the bundled commonsense_proxy)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task present)")
+    p.add_argument("--evaluator", choices=["likelihood", "generation"], default="likelihood")
+    p.add_argument("--limit", type=int, default=None, help="first N records of each task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="generation evaluator")
+    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lm.evaluate import evaluate_tasks
+    from ..lm.loading import load_lm
+
+    model, tok = load_lm(args.model, tokenizer=args.tokenizer, adapters=args.adapters, device=args.device)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    start = time.perf_counter()
+    scores = evaluate_tasks(model, tok, args.data_root, tasks, args.evaluator, args.limit, args.batch_size,
+                            args.max_new_tokens)
+    out = {"model": str(args.model), "adapters": str(args.adapters) if args.adapters else None, **scores.to_dict(),
+           "seconds": time.perf_counter() - start}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{args.model}{' + ' + str(args.adapters) if args.adapters else ''} ({args.evaluator})")
+    t.add_column("task")
+    t.add_column("accuracy", justify="right")
+    t.add_column("correct / total", justify="right")
+    for name, r in out["tasks"].items():
+        t.add_row(name, f"{100 * r['accuracy']:.1f}", f"{r['correct']} / {r['total']}")
+    t.add_row("average", f"{100 * out['average']:.1f}", "")
+    Console().print(t)
+    return 0
