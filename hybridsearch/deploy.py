@@ -97,9 +97,12 @@ def _check_architecture(model: nn.Module, meta: dict[str, Any], base: str, adapt
 # -- apply -----------------------------------------------------------------------------------------------------
 def apply_adapters(base: str | Path, adapters_dir: str | Path, merge: bool = False) -> nn.Module:
     """The base model with the saved adapters loaded (eval mode); ``merge`` folds them into the base weights."""
-    from .models import create_model
+    from .models import MODELS, create_model
     from .peft import load_adapters, merge_peft
 
+    if str(base) in MODELS and MODELS.get(str(base)).checkpoint is None:
+        raise CheckpointError(f"base {str(base)!r} has no bundled weights: pass its pretrained checkpoint "
+                              "(a hustvl .pth, or a mamba_ssm / HF directory)")
     adapters_dir = Path(adapters_dir)
     meta = read_adapter_meta(adapters_dir)
     num_classes = meta["architecture"].get("num_classes") if meta["kind"] == "vim" else None

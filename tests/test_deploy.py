@@ -277,4 +277,7 @@ def test_adapters_for_another_architecture(tmp_path, capsys):
     err = _error(capsys, ["apply", "--base", "vim-proxy", "--adapters", str(tmp_path / "none"), "--out",
                           str(tmp_path / "o")])
     assert "adapter_meta.json" in err and "export --retrain" in err
+    err = _error(capsys, ["apply", "--base", "mamba-130m", "--adapters", str(tmp_path / "ad"), "--out",
+                          str(tmp_path / "o")])
+    assert "no bundled weights" in err  # a random-init base is never deployed by mistake
     assert not (tmp_path / "o").exists()

@@ -5,7 +5,9 @@
   while the driver runs on. After ``resume`` every finished trial kept its state and value, every interrupted
   trial was re-run once with the same parameters (``retry_of``), trial numbers are unique and exactly the
   target number of trials finished;
-* concurrency: 4 worker processes on one storage finish exactly N trials, no lock error, no duplicate;
+* concurrency: 4 worker processes on one storage finish exactly N trials, no lock error, no duplicate; two
+  workers starting a trial at once cannot overshoot N (trial numbers order them), duplicate retries never count;
+* Ctrl-C: the interrupted trial is re-run with the same parameters by the next resume;
 * faults in a trial (out of memory, an error while reading data): the trial fails with its reason, its memory
   is released, the study goes on (NaN loss and other exceptions: test_engine.py).
 

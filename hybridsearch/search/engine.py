@@ -228,8 +228,10 @@ def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = No
     def wrapped(trial: optuna.Trial):
         beat.trial_id = trial._trial_id
         if not has_ticket(study, trial.number, target):
+            reason = "surplus: other workers started the target number of trials first"
             trial.set_user_attr("surplus", True)
-            raise optuna.TrialPruned("surplus: other workers started the target number of trials first")
+            trial.set_user_attr("failure", reason)
+            raise optuna.TrialPruned(reason)
         try:
             return objective(trial)
         except optuna.TrialPruned:
