@@ -11,7 +11,7 @@ import torch
 from hybridsearch import METHODS, PeftConfig, apply_peft
 from hybridsearch.data import commonsense as cs
 from hybridsearch.data.tokenizers import ByteTokenizer
-from hybridsearch.lm.train import LMRecipe, _step, _tokenize, lm_loss_sum, reference_lr, train_lm
+from hybridsearch.lm.train import LMRecipe, _step, _tokenize, cutoff_for, lm_loss_sum, reference_lr, train_lm
 from hybridsearch.models import MambaConfig, build
 from hybridsearch.train import TrialFailure
 
@@ -55,6 +55,10 @@ def test_prompt_masking_and_eos_on_fixture() -> None:
 def test_cutoff_truncates_and_skips_eos() -> None:
     ex = _tokenize(RECORDS[:1], TOK, LMRecipe(cutoff_len=40))[0]
     assert len(ex.input_ids) == 40 and ex.input_ids[-1] != TOK.eos_id
+    # default: the reference's 256 tokens are ~1,000 bytes, so the byte tokenizer gets 1024
+    assert cutoff_for(TOK, LMRecipe()) == 1024 and cutoff_for(TOK, LMRecipe(cutoff_len=64)) == 64
+    res = train_lm(tiny_lm(), TOK, RECORDS, LMRecipe(**{**FAST, "cutoff_len": 40, "max_steps": 1}))
+    assert res.truncated == len(RECORDS)
 
 
 def test_effective_batch_loss_independent_of_micro_batches() -> None:

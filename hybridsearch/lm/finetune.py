@@ -21,7 +21,7 @@ from ..peft import PeftConfig, apply_peft, count_parameters, save_adapters
 from .evaluate import DEFAULT_DATA_ROOT, evaluate_tasks
 from .loading import load_lm
 from .proxy_tasks import TRAIN_FILE
-from .train import LMRecipe, reference_lr, train_lm
+from .train import LMRecipe, cutoff_for, reference_lr, train_lm
 
 
 def _peft(text: str | None) -> PeftConfig | None:
@@ -79,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
 
     res = train_lm(model, tok, train, recipe, seed=args.seed, progress=progress)
     info = {"model": str(args.model), "peft": config.to_dict() if config else None, "recipe": recipe.to_dict(),
-            "train_records": len(train), "steps": res.steps, "seconds": res.seconds, "tokens": res.tokens,
+            "cutoff_len": cutoff_for(tok, recipe), "truncated": res.truncated, "train_records": len(train),
+            "steps": res.steps, "seconds": res.seconds, "tokens": res.tokens,
             "first_loss": res.losses[0] if res.losses else None, "last_loss": res.losses[-1] if res.losses else None,
             "counts": count_parameters(model)}
     if config is not None:

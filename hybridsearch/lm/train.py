@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.commonsense import IGNORE_INDEX, CommonsenseRecord, TokenizedExample, collate, tokenize_example
-from ..data.tokenizers import TextTokenizer
+from ..data.tokenizers import ByteTokenizer, TextTokenizer
 from ..peft import PeftConfig, param_groups
 from ..train import TrialFailure
 
@@ -50,7 +50,7 @@ class LMRecipe:
     max_steps: int | None = None  # optimizer steps; caps ``epochs`` (small search budgets)
     warmup_steps: int = 100
     schedule: str = "linear"  # linear | cosine | constant
-    cutoff_len: int = 256
+    cutoff_len: int | None = None  # None: the reference's 256 tokens, 1024 for the byte tokenizer (same text)
     train_on_inputs: bool = True
     add_eos: bool = True
     padding_side: str = "left"
@@ -79,6 +79,7 @@ class LMTrainResult:
     seconds: float = 0.0
     steps: int = 0
     tokens: int = 0
+    truncated: int = 0  # training examples cut at the cutoff before their end (EOS missing)
 
 
 def as_records(records: Sequence[CommonsenseRecord | dict]) -> list[CommonsenseRecord]:
@@ -107,8 +108,17 @@ def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
     return loss, int((target != IGNORE_INDEX).sum())
 
 
+def cutoff_for(tokenizer: TextTokenizer, recipe: LMRecipe) -> int:
+    """The recipe's cutoff, or the reference's 256 GPT-NeoX tokens (about 1,000 bytes of English: the byte
+    tokenizer gets 1024, so the proxy's 300-700 byte prompts are never cut before their answer)."""
+    if recipe.cutoff_len is not None:
+        return recipe.cutoff_len
+    return 1024 if isinstance(tokenizer, ByteTokenizer) else 256
+
+
 def _tokenize(records: Sequence[CommonsenseRecord], tok: TextTokenizer, r: LMRecipe) -> list[TokenizedExample]:
-    return [tokenize_example(x, tok, r.cutoff_len, train_on_inputs=r.train_on_inputs, add_eos=r.add_eos)
+    cutoff = cutoff_for(tok, r)
+    return [tokenize_example(x, tok, cutoff, train_on_inputs=r.train_on_inputs, add_eos=r.add_eos)
             for x in records]
 
 
@@ -145,7 +155,9 @@ def train_lm(
     total = steps_per_epoch * r.epochs if r.max_steps is None else min(r.max_steps, steps_per_epoch * r.epochs)
     warmup = min(r.warmup_steps, total // 10)  # the reference's 100 of ~4k steps; small budgets keep 10 %
     rng = random.Random(seed)
-    result = LMTrainResult()
+    cutoff = cutoff_for(tokenizer, r)
+    result = LMTrainResult(truncated=sum(len(e.input_ids) >= cutoff and e.input_ids[-1] != tokenizer.eos_id
+                                         for e in examples))
     start, step = time.perf_counter(), 0
     for epoch in range(r.epochs):
         if step >= total:

@@ -129,7 +129,7 @@ class Objective:
         t0 = time.perf_counter()
         trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid()})
         sampled = self.space.sample(trial)
-        seed = self.seed + int(trial.user_attrs.get("retry_of", trial.number))  # a retry keeps its seed
+        seed = self.seed + trial.number
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("peft", sampled.peft.to_dict())
         trial.set_user_attr("recipe", dict(sampled.recipe))
