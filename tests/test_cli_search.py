@@ -50,7 +50,9 @@ def tiny(search_env, mini_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_two_workers_share_one_journal(tiny):
     trials = optuna.load_study(study_name="tiny", storage=open_storage(tiny["storage"])).trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # unique numbers, exactly the target
+    # a rare race may start one surplus trial, which the engine stops at once and does not count
+    trials = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert sorted(t.number for t in trials) == list(range(len(trials))) and len(trials) == 4  # unique, exact
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert os.getpid() not in {t.user_attrs["worker"]["pid"] for t in trials}  # trained in worker processes
 
