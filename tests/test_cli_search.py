@@ -52,7 +52,8 @@ def test_two_workers_share_one_journal(tiny):
     trials = optuna.load_study(study_name="tiny", storage=open_storage(tiny["storage"])).trials
     # a rare race may start one surplus trial, which the engine stops at once and does not count
     trials = [t for t in trials if not t.user_attrs.get("surplus")]
-    assert sorted(t.number for t in trials) == list(range(len(trials))) and len(trials) == 4  # unique, exact
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers) == 4  # unique numbers, exactly the target
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert os.getpid() not in {t.user_attrs["worker"]["pid"] for t in trials}  # trained in worker processes
 
