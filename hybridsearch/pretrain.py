@@ -56,6 +56,22 @@ def _find(root: Path, stem: str) -> Path:
     raise DataError(f"{root}: {stem}[.gz] not found (install Debian's dataset-fashion-mnist or pass --data)")
 
 
+def shift_flip(x: torch.Tensor, gen: torch.Generator, max_shift: int = 3) -> torch.Tensor:
+    """Per-image random translation (zero fill, up to ``max_shift`` px) and horizontal flip: cheap augmentation
+    that keeps the features less tied to Fashion-MNIST's centred layout, so they transfer to position tasks."""
+    n, _, h, w = x.shape
+    pad = torch.nn.functional.pad(x, (max_shift,) * 4, value=float(x.min()))
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * max_shift)
+    out = pad.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
 def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 4, seed: int = 0, limit: int | None = None,
                        log=None) -> dict:
     log = log or (lambda msg: print(msg, flush=True))
@@ -73,7 +89,7 @@ def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 4, seed: int = 0, li
         save_vim(model, out)
         log(f"epoch {e + 1}/{epochs}: Fashion-MNIST test accuracy {acc:.4f}; saved {out}")
 
-    res = train_classifier(model, (Xtr, ytr), (Xte, yte), recipe, seed=seed, on_epoch=on_epoch)
+    res = train_classifier(model, (Xtr, ytr), (Xte, yte), recipe, seed=seed, on_epoch=on_epoch, augment=shift_flip)
     acc = evaluate(model, Xte, yte)
     save_vim(model, out)
     return {"test_accuracy": acc, "epochs": epochs, "seconds": res.seconds, "train_images": len(Xtr),

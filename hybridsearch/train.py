@@ -112,9 +112,11 @@ def train_classifier(
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` on (X, y) tensors; evaluate ``val`` after every epoch and call ``on_epoch(epoch, acc)``
-    (the search reports to the pruner there; it may raise ``optuna.TrialPruned``)."""
+    (the search reports to the pruner there; it may raise ``optuna.TrialPruned``). ``augment(xb, gen)``
+    transforms each training batch (pretraining uses random shifts and flips)."""
     Xtr, ytr = train
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -131,7 +133,10 @@ def train_classifier(
         loss_sum = 0.0
         for i in range(steps_per_epoch):
             idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-            xb, yb = Xtr[idx].to(device, non_blocking=True), ytr[idx].to(device, non_blocking=True)
+            xb, yb = Xtr[idx], ytr[idx]
+            if augment is not None:
+                xb = augment(xb, gen)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             f = lr_factor(step, total, warmup, recipe)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * f
