@@ -197,6 +197,19 @@ def test_over_budget_trial_is_pruned_before_training(tmp_path, make_space, scrip
     assert trainer.calls == 1
 
 
+def test_crashed_workers_fail_the_run(tmp_path, mini_root):
+    """Workers that die before the target (here: a data root without the task) make ``run`` fail, not exit 0."""
+    from hybridsearch.errors import HybridSearchError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump(space_dict(empty, trials=2)))
+    with pytest.raises(HybridSearchError, match=r"worker 0 \(exit status 1\).*hybridsearch resume crash"):
+        run(space, tmp_path / "j.journal", "crash", workers=2)
+    assert finished(load(tmp_path / "j.journal", "crash")) == 0
+
+
 # -- trial isolation -------------------------------------------------------------------------------------------------
 def test_a_broken_trial_fails_alone(tmp_path, make_space, scripted):
     def acc(call: int, epoch: int) -> float:

@@ -18,7 +18,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HybridSearchError
 from .storage import GRACE_S, HEARTBEAT_S, open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -307,4 +307,8 @@ def run_study(opts: RunOptions, on_trial: Callable | None = None, poll: Callable
                 p.terminate()
     if poll is not None:
         poll(study)
+    crashed = [f"worker {i} (exit status {p.exitcode})" for i, p in enumerate(procs) if p.exitcode]
+    if crashed and finished(study) < int(study.user_attrs["target_trials"]):
+        raise HybridSearchError(f"{', '.join(crashed)} stopped before the study reached its target; finished "
+                                f"trials are kept: see the messages above, then hybridsearch resume {opts.study}")
     return study
