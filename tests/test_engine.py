@@ -352,3 +352,25 @@ def test_calibrate_scores_each_config_twice(tmp_path, make_space, scripted):
                                                                                (0.4, 0.7, 2)]
     assert got["spearman"] == 1.0 and got["kendall"] == 1.0 and got["top1_agrees"] and got["regret"] == 0
     assert got["verdict"].startswith("trust the proxy")
+
+
+# -- baselines -------------------------------------------------------------------------------------------------------
+def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted):
+    """``baselines: true`` queues head-only and each optional method alone (middle values) before sampling."""
+    from hybridsearch.search.results import summary
+
+    scripted(lambda call, epoch: [0.3, 0.5, 0.4, 0.9, 0.1][call])  # head, lora_X, affix, then sampled trials
+    study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.user_attrs.get("baseline") for t in trials] == ["head_only", "lora_X", "affix", None]
+    assert [list(t.user_attrs["peft"]["methods"]) for t in trials[:3]] == [["tune_D"], ["lora_X", "tune_D"],
+                                                                           ["affix", "tune_D"]]
+    assert trials[1].params["lora_X.rank"] == 2  # the space's default (else the middle of the range)
+    b = summary(study)["baselines"]
+    assert b["best_single_method"] == "lora_X" and b["single_score"] == pytest.approx(0.5)
+    assert b["winner_trial"] == 3 and b["gain"] == pytest.approx(0.4)
+    assert b["head_only_score"] == pytest.approx(0.3)
+    # resuming queues nothing again
+    study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base", trials=5)
+    assert finished(study) == 5
+    assert sum(t.user_attrs.get("baseline") is not None for t in study.trials) == 3

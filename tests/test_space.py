@@ -166,6 +166,7 @@ def test_valid_base_loads():
     (lambda d: d.update(stages=[{"select": True}], recipe={"lr": {"log": [1e-4, 1e-2]}}),
      "s.yaml: recipe.lr: a searched recipe value needs 'default'"),
     (lambda d: d.update(methods="lora_X"), "s.yaml: methods: expected a non-empty mapping"),
+    (lambda d: d.update(baselines="yes"), "s.yaml: baselines: 'yes' (string) is not allowed; allowed: True, False"),
 ])
 def test_schema_errors_name_key_path_and_allowed(mutate, expected):
     d = base()
@@ -301,6 +302,25 @@ def test_method_multipliers_and_head_recipe_keys():
     assert list(stage1.peft.methods) == ["lora_X", "tune_A"] and stage1.params == on
     assert stage1.peft.methods["lora_X"].lr_mult == 1.0 and stage1.peft.methods["tune_A"].decay_mult == 10.0
     assert stage1.recipe["head_lr_mult"] == 1.0
+
+
+def test_baseline_params_use_defaults_else_the_middle():
+    d = base()
+    d["methods"]["lora_X"]["params"]["rank"]["default"] = 4
+    d["recipe"] = {"lr": {"log": [1e-4, 1e-2]}, "weight_decay": {"float": [0.0, 0.1], "step": 0.05}}
+    space = space_from_dict({**d, "baselines": True}, source="s.yaml")
+    assert space.baselines and "baselines" in space.to_dict()
+    assert "baselines" not in space_from_dict(base()).to_dict()  # unset: old studies keep their space hash
+    params = space.baseline_params()
+    assert list(params) == ["head_only", "lora_X", "affix"]  # tune_D is always on
+    assert params["lora_X"]["lora_X.rank"] == 4  # default
+    assert params["lora_X"]["lora_X.scale"] == pytest.approx(0.1)  # geometric middle of a log range
+    assert params["affix"]["affix.tokens"] == 2 and params["affix"]["affix.placement"] == "dual_prefix"
+    assert params["head_only"]["recipe.lr"] == pytest.approx(1e-3)
+    assert params["head_only"]["recipe.weight_decay"] == pytest.approx(0.05)
+    for name, p in params.items():  # each is a valid configuration of the space with exactly that method
+        cfg = space.fixed_config(p)
+        assert set(cfg.peft.methods) == {"tune_D"} | ({name} - {"head_only"})
 
 
 # -- stages ------------------------------------------------------------------------------------------------------

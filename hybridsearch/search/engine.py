@@ -71,6 +71,7 @@ def open_study(opts: RunOptions, space, create: bool, worker: int = 0) -> optuna
             study.set_user_attr("stage", opts.stage)
             study.set_user_attr("chosen", opts.chosen)
             study.set_user_attr("created", time.time())
+            _queue_baselines(study, space)
         elif attrs["space_hash"] != space.space_hash():
             raise ConfigError(f"study {opts.study!r} was created from a different search space "
                               f"(hash {attrs['space_hash'][:12]} vs {space.space_hash()[:12]}); use a new --study name")
@@ -80,6 +81,15 @@ def open_study(opts: RunOptions, space, create: bool, worker: int = 0) -> optuna
             study.set_user_attr("target_trials", int(space.trials))
         return study
     return optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def _queue_baselines(study: optuna.Study, space) -> None:
+    """A new study with ``baselines: true`` starts with head-only and each method alone (space.baseline_params);
+    they count toward the target, and TPE learns from them as from its own start-up trials."""
+    if not space.baselines or study.get_trials(deepcopy=False):
+        return
+    for name, params in space.baseline_params().items():
+        study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
 
 
 def _attr_seed(storage, name: str) -> tuple[int | None, int]:
@@ -168,16 +178,21 @@ def recover_stale(study: optuna.Study, grace: float = GRACE_S) -> list[int]:
         except UpdateFinishedTrialError:  # finished meanwhile, or another recoverer was first
             continue
         # no params yet (killed between ask and sampling): the retry draws fresh ones, and still replaces it
-        study.enqueue_trial(_params(t), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        study.enqueue_trial(_params(t), user_attrs=retry_attrs(t), skip_if_exists=False)
         requeued.append(t.number)
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get("failure") in (DIED, INTERRUPTED) \
                 and t.number not in retried:
-            study.enqueue_trial(_params(t), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            study.enqueue_trial(_params(t), user_attrs=retry_attrs(t), skip_if_exists=False)
             requeued.append(t.number)
     return requeued
+
+
+def retry_attrs(t: optuna.trial.FrozenTrial) -> dict:
+    """A retry replaces trial ``t`` and keeps its baseline name."""
+    return {"retry_of": t.number, **({"baseline": t.user_attrs["baseline"]} if "baseline" in t.user_attrs else {})}
 
 
 def _params(t: optuna.trial.FrozenTrial) -> dict:

@@ -47,7 +47,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, HybridSearchError
-from .engine import RunOptions, claimed, open_study, recover_stale, stage_space
+from .engine import RunOptions, claimed, open_study, recover_stale, retry_attrs, stage_space
 from .storage import HEARTBEAT_S
 
 # errors a retry may cure: a neighbour's memory on a shared GPU, a lost node, a storage hiccup
@@ -384,7 +384,7 @@ def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
         return
     storage.set_trial_user_attr(trial_id, "failure", reason)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    study.enqueue_trial(t.params, user_attrs=retry_attrs(t), skip_if_exists=False)
 
 
 def _portable(opts: RunOptions) -> RunOptions:

@@ -20,6 +20,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
         "failure": t.user_attrs.get("failure"),
         "retry_of": t.user_attrs.get("retry_of"),
+        "baseline": t.user_attrs.get("baseline"),
         "task_accuracy": t.user_attrs.get("task_accuracy"),
     }
 
@@ -42,6 +43,19 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [max(complete, key=lambda t: t.values[0])]
 
 
+def baseline_comparison(study: optuna.Study) -> dict[str, Any] | None:
+    """With ``baselines: true``: the best completed single-method baseline vs the best trial (one objective)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    base = [t for t in done if t.user_attrs.get("baseline") not in (None, "head_only")]
+    if not base or len(study.directions) > 1:
+        return None
+    head = [t for t in done if t.user_attrs.get("baseline") == "head_only"]
+    b, w = max(base, key=lambda t: t.values[0]), max(done, key=lambda t: t.values[0])
+    return {"best_single_method": b.user_attrs["baseline"], "single_score": b.values[0], "single_trial": b.number,
+            "winner_score": w.values[0], "winner_trial": w.number, "winner_methods": trial_row(w)["methods"],
+            "gain": w.values[0] - b.values[0], "head_only_score": head[0].values[0] if head else None}
+
+
 def summary(study: optuna.Study) -> dict[str, Any]:
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -53,6 +67,7 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "states": states,
         "best": trial_row(best[0]) if best else None,
         "pareto_front": [trial_row(t) for t in best] if len(study.directions) > 1 else None,
+        "baselines": baseline_comparison(study),
     }
 
 
@@ -69,11 +84,18 @@ def render(study: optuna.Study, limit: int = 20) -> None:
         t.add_column(c, justify=j)
     for r in rows[:limit]:
         note = r["failure"] or (f"retry of #{r['retry_of']}" if r["retry_of"] is not None else "")
+        if r["baseline"]:
+            note = f"baseline {r['baseline']}" + (f"; {note}" if note else "")
         t.add_row(str(r["number"]), r["state"], "" if r["score"] is None else f"{r['score']:.4f}",
                   "" if r["trainable"] is None else f"{r['trainable']:,}", ", ".join(r["methods"]),
                   "" if r["seconds"] is None else f"{r['seconds']:.1f}", (note or "")[:60])
     console = Console()
     console.print(t)
+    if b := s["baselines"]:
+        console.print(f"winner #{b['winner_trial']} {b['winner_score']:.4f} vs best single method "
+                      f"{b['best_single_method']} (#{b['single_trial']}) {b['single_score']:.4f}: "
+                      f"{b['gain']:+.4f}" + (f"; head only {b['head_only_score']:.4f}"
+                                             if b["head_only_score"] is not None else ""))
     if s["pareto_front"]:
         console.print("Pareto front (accuracy vs trainable parameters): "
                       + ", ".join(f"#{r['number']} {r['score']:.4f}/{r['trainable']:,}" for r in s["pareto_front"]))

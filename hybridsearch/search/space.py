@@ -191,6 +191,10 @@ class Param:
         """The value when not sampled (fixed value or ``default``); ``_MISSING`` if none."""
         return getattr(self, "default", _MISSING)
 
+    def middle(self) -> Any:
+        """A typical value for the baseline trials: the ``default``, else the middle of the range."""
+        return self.resolved
+
     def to_yaml(self) -> Any:
         raise NotImplementedError
 
@@ -212,6 +216,12 @@ class IntParam(Param):
 
     def suggest(self, trial: Any, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def middle(self) -> int:
+        if self.default is not _MISSING:
+            return self.default
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return self.low + self.step * math.floor((mid - self.low) / self.step + 0.5)  # half up
 
     def contains(self, v: Any) -> bool:
         ok = isinstance(v, int) and not isinstance(v, bool)
@@ -244,6 +254,12 @@ class FloatParam(Param):
     def suggest(self, trial: Any, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
+    def middle(self) -> float:
+        if self.default is not _MISSING:
+            return self.default
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return mid if self.step is None else self.low + self.step * math.floor((mid - self.low) / self.step + 0.5)
+
     def contains(self, v: Any) -> bool:
         n = _as_number(v)
         return n is not None and self.low - 1e-12 <= n <= self.high + 1e-12
@@ -274,6 +290,9 @@ class CategoricalParam(Param):
 
     def suggest(self, trial: Any, name: str) -> Any:
         return trial.suggest_categorical(name, list(self.choices))
+
+    def middle(self) -> Any:
+        return self.choices[0] if self.default is _MISSING else self.default
 
     def contains(self, v: Any) -> bool:
         return any(_same(v, c) for c in self.choices)
@@ -538,6 +557,7 @@ class SearchSpace:
     recipe: dict[str, Param] = field(default_factory=dict)
     trials: int = 20
     description: str = ""
+    baselines: bool = False
     # set on the spaces that stage_space() derives
     stage: int | None = None
     chosen: tuple[str, ...] = ()
@@ -574,8 +594,23 @@ class SearchSpace:
         return [n for n, m in self.methods.items()
                 if (not m.optional or params.get(f"use.{n}") is True) and n != drop]
 
-    def _draw(self, trial: Any, strict: bool) -> SampledConfig:
-        s = _Suggester(trial, strict, self.source)
+    def baseline_params(self) -> dict[str, dict[str, Any]]:
+        """``baselines: true``: the trials queued first in a new study, by name: ``head_only`` (every optional
+        method off) and each optional method alone, every value at its default or the middle of its range.
+        The leaderboard then compares the searched hybrid with the best single method at equal fidelity."""
+        if self.stage == 2:  # stage 2 tunes methods that are always on: nothing to switch off
+            return {}
+        optional = [n for n, m in self.methods.items() if m.optional]
+        out = {}
+        for only in (None, *optional):
+            def pick(name: str, p: Param, only: str | None = only) -> Any:
+                return name == f"use.{only}" if name.startswith("use.") else p.middle()
+
+            out[only or "head_only"] = self._draw(None, strict=False, pick=pick).params
+        return out
+
+    def _draw(self, trial: Any, strict: bool, pick: Callable[[str, Param], Any] | None = None) -> SampledConfig:
+        s = _Suggester(trial, strict, self.source, pick)
         drop = s.value("drop", CategoricalParam(("none", *self.methods))) if self.drop_one else "none"
         methods: dict[str, dict[str, Any]] = {}
         for name, ms in self.methods.items():
@@ -705,6 +740,8 @@ class SearchSpace:
         }
         if self.stages:
             d["stages"] = [_stage_dict(s) for s in self.stages]
+        if self.baselines:  # only when set: existing studies keep their space hash
+            d["baselines"] = True
         return d
 
     def space_hash(self) -> str:
@@ -764,8 +801,9 @@ def _layer_keys(spec: Any) -> list[str]:
 class _Suggester:
     """Suggests each named value once (a tied name reuses its value) and records what was suggested."""
 
-    def __init__(self, trial: Any, strict: bool, source: str) -> None:
-        self.trial, self.strict, self.source = trial, strict, source
+    def __init__(self, trial: Any, strict: bool, source: str,
+                 pick: Callable[[str, Param], Any] | None = None) -> None:
+        self.trial, self.strict, self.source, self.pick = trial, strict, source, pick
         self.params: dict[str, Any] = {}
 
     def value(self, name: str, p: Param) -> Any:
@@ -774,7 +812,7 @@ class _Suggester:
         if name in self.params:
             return self.params[name]
         try:
-            v = p.suggest(self.trial, name)
+            v = p.suggest(self.trial, name) if self.pick is None else self.pick(name, p)
         except ValueError as e:  # FixedTrial without this name
             raise ConfigError(f"{self.source}: params: missing {name!r} ({p.describe()}): {e}") from None
         if self.strict and not p.contains(v):
@@ -785,7 +823,7 @@ class _Suggester:
 
 # -- loading --------------------------------------------------------------------------------------------------
 _TOP = ("name", "description", "model", "data", "methods", "budget", "objectives", "stages", "fidelity",
-        "pruner", "sampler", "recipe", "trials")
+        "pruner", "sampler", "recipe", "trials", "baselines")
 
 
 def bundled_spaces() -> list[str]:
@@ -854,6 +892,7 @@ def _build(data: Any, errs: _Errors, default_name: str, location: str) -> Search
     recipe = _parse_recipe(d.get("recipe"), errs)
     budget = _parse_budget(d.get("budget"), errs)
     trials = _get(d, "trials", "", errs, c_int(1), 20)
+    baselines = _get(d, "baselines", "", errs, c_bool(), False)
     stages = _parse_stages(d.get("stages"), trials, errs)
     n_tasks = len(fidelity.tasks or (data_.tasks if data_ else ()))
     pruner = _parse_pruner(d.get("pruner"), fidelity, n_tasks, objectives, errs)
@@ -864,7 +903,7 @@ def _build(data: Any, errs: _Errors, default_name: str, location: str) -> Search
     return SearchSpace(
         name=_get(d, "name", "", errs, c_str(), default_name), source=location, model=model, data=data_,
         methods=methods, budget=budget, objectives=objectives, stages=stages, fidelity=fidelity, pruner=pruner,
-        sampler=sampler, recipe=recipe, trials=trials,
+        sampler=sampler, recipe=recipe, trials=trials, baselines=baselines,
         description=_get(d, "description", "", errs, c_str(null=True), "") or "",
     )
 
