@@ -25,10 +25,14 @@ SETTINGS = {
 }
 
 
-def run_one(task: str, root, pretrained: bool, setting: str, epochs: int, seed: int) -> float:
+def run_one(task: str, root, pretrained: bool, setting: str, epochs: int, seed: int,
+            checkpoint: str | None = None) -> float:
     torch.manual_seed(seed)
     n = num_classes(root, task)
-    model = create_model("vim-proxy", num_classes=n, pretrained=pretrained)
+    if pretrained and checkpoint:
+        model = create_model("vim-proxy", num_classes=n, checkpoint=checkpoint)
+    else:
+        model = create_model("vim-proxy", num_classes=n, pretrained=pretrained)
     if SETTINGS[setting] is not None:
         apply_peft(model, SETTINGS[setting])
     Xtr, ytr = load_split(root, task, "train800val200", 32)
@@ -46,13 +50,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--checkpoint", default=None, help="a vim-proxy checkpoint instead of the bundled weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = ensure_mini_vtab()
     rows, t0 = {}, time.perf_counter()
     for task in args.tasks.split(","):
         rows[task] = {
-            f"{'proxy' if pre else 'random'}/{s}": round(run_one(task, root, pre, s, args.epochs, args.seed), 4)
+            f"{'proxy' if pre else 'random'}/{s}":
+                round(run_one(task, root, pre, s, args.epochs, args.seed, args.checkpoint), 4)
             for pre in (True, False) for s in SETTINGS
         }
     cols = list(next(iter(rows.values())))

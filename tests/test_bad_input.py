@@ -134,6 +134,12 @@ def test_bad_space(tmp_path, capsys, small_root, edit, expected):
         assert part in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_devices_without_cuda(tmp_path, capsys, small_root):
+    err = run_error(capsys, tmp_path, write_space(tmp_path, small_root), "--devices", "0,1")
+    assert "--devices 0,1: CUDA is not available" in err and "--workers" in err
+
+
 # -- data ------------------------------------------------------------------------------------------------------
 def test_missing_data_root(tmp_path, capsys, small_root):
     err = run_error(capsys, tmp_path, write_space(tmp_path, tmp_path / "nowhere"))

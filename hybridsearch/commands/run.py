@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     from ..search.space import load_space
 
     space = load_space(args.space)  # validates before anything is written
-    preflight(space, args.data_root)  # budget, checkpoint and data too: a bad start creates no study
+    devices = args.devices.split(",") if args.devices else None
+    preflight(space, args.data_root, devices)  # budget, checkpoint, data, devices: a bad start creates no study
     return execute(args, args.space if not Path(args.space).exists() else str(Path(args.space).resolve()),
                    args.study or space.name)
 

@@ -11,10 +11,27 @@ from pathlib import Path
 from ..errors import ConfigError
 
 
-def preflight(space, data_root: str | None = None) -> None:
+def preflight(space, data_root: str | None = None, devices: list[str] | None = None) -> None:
+    check_devices(devices)
     check_budget_feasible(space)
     check_checkpoint(space)
     check_data(space, data_root)
+
+
+def check_devices(devices: list[str] | None) -> None:
+    """``--devices``: CUDA ids this machine has (a silent fall-back to CPU would hide a slow, wrong run)."""
+    if not devices:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--devices {','.join(devices)}: CUDA is not available here (torch {torch.__version__}); "
+                          "leave --devices out to run on CPU with --workers N")
+    n = torch.cuda.device_count()
+    bad = [d for d in devices if not d.isdigit() or int(d) >= n]
+    if bad:
+        raise ConfigError(f"--devices: {', '.join(bad)} not a GPU id here; allowed: 0 to {n - 1} "
+                          "(repeat an id to pack two workers on one GPU)")
 
 
 def check_budget_feasible(space) -> None:

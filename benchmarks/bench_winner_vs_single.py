@@ -1,0 +1,81 @@
+"""Does the searched hybrid beat the best single method? For a finished study of a space with
+``baselines: true``, re-train its winner, its best single-method baseline and its head-only baseline with
+several seeds: at the search's fidelity (train800 -> val200, the search's own score) and on
+train800val200 -> test (scored once per seed). Prints JSON: per config the mean and std over seeds of the
+mean accuracy over the tasks.
+
+Usage: python benchmarks/bench_winner_vs_single.py --study mini_vtab [--storage URL] [--seeds 1,2,3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import optuna
+import torch
+
+from hybridsearch import apply_peft, create_model
+from hybridsearch.search.objective import _img_size, data_root, load_tasks
+from hybridsearch.search.results import baseline_comparison
+from hybridsearch.search.space import load_space
+from hybridsearch.search.storage import open_storage
+from hybridsearch.train import Recipe, train_classifier
+
+
+def score(space, tasks, trial: optuna.trial.FrozenTrial, epochs: int, seed: int) -> float:
+    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    recipe.epochs = epochs
+    accs = []
+    for task in tasks:
+        torch.manual_seed(seed)
+        model = create_model(space.model.name, num_classes=task.num_classes, checkpoint=space.model.checkpoint)
+        apply_peft(model, trial.user_attrs["peft"])
+        accs.append(train_classifier(model, task.train, task.val, recipe, seed=seed).val_acc)
+    return sum(accs) / len(accs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--storage", default=None)
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+    cmp = baseline_comparison(study)
+    if cmp is None:
+        raise SystemExit(f"study {args.study!r} has no completed single-method baseline (space baselines: true)")
+    space = load_space(study.user_attrs["space_ref"])
+    root = data_root(space, study.user_attrs.get("data_root"))
+    fid = space.fidelity
+    search_tasks = load_tasks(space, root, _img_size(space), fid.max_train_examples, max_val=fid.max_val_examples)
+    test_tasks = load_tasks(space, root, _img_size(space), None, train_split="train800val200", val_split="test")
+    by_number = {t.number: t for t in study.trials}
+    head = [t for t in study.trials if t.user_attrs.get("baseline") == "head_only" and t.values]
+    configs = {"winner": by_number[cmp["winner_trial"]], f"single:{cmp['best_single_method']}":
+               by_number[cmp["single_trial"]], **({"head_only": head[0]} if head else {})}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    t0, rows = time.perf_counter(), {}
+    for name, trial in configs.items():
+        val = [score(space, search_tasks, trial, fid.epochs, s) for s in seeds]
+        test = [score(space, test_tasks, trial, fid.epochs, s) for s in seeds]
+        rows[name] = {
+            "trial": trial.number, "methods": list(trial.user_attrs["peft"]["methods"]),
+            "trainable": trial.user_attrs.get("trainable"), "search_score": trial.values[0],
+            "val_mean": round(statistics.mean(val), 4), "val_std": round(statistics.pstdev(val), 4),
+            "test_mean": round(statistics.mean(test), 4), "test_std": round(statistics.pstdev(test), 4),
+            "val": [round(v, 4) for v in val], "test": [round(v, 4) for v in test],
+        }
+        print(f"{name}: {rows[name]}", flush=True)
+    print(json.dumps({"study": args.study, "tasks": space.search_tasks, "epochs": fid.epochs, "seeds": seeds,
+                      "configs": rows, "seconds": round(time.perf_counter() - t0, 1),
+                      "threads": args.threads, "torch": torch.__version__}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
