@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 import pytest
 import torch
@@ -210,3 +212,39 @@ def test_unknown_backend_raises():
     x, _ = make_inputs(1, 4, 5, 16, 0, ())
     with pytest.raises(ValueError, match="unknown selective_scan backend"):
         selective_scan(*[x[k] for k in ("u", "delta", "A", "B", "C")], backend="cuda-magic")
+
+
+def test_mamba_ssm_backend_needs_mamba_ssm(monkeypatch):
+    from hybridsearch.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # as on a machine without the GPU extra
+    x, _ = make_inputs(1, 4, 5, 16, 0, ())
+    with pytest.raises(ConfigError, match=r"needs mamba-ssm with CUDA \(pip install 'hybridsearch\[gpu\]'\)"):
+        selective_scan(*[x[k] for k in ("u", "delta", "A", "B", "C")], backend="mamba_ssm")
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_mamba_ssm_backend_serves_reverse_by_flipping(monkeypatch, last):
+    """mamba-ssm's selective_scan_fn has no reverse and no initial state: the backend flips, or refuses."""
+    from hybridsearch.errors import ConfigError
+
+    def forward_only(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                     return_last_state=False):  # mamba_ssm's signature, computed by the reference
+        return selective_scan_reference(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                        delta_softplus=delta_softplus, return_last_state=return_last_state)
+
+    iface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    iface.selective_scan_fn = forward_only
+    for name in ("mamba_ssm", "mamba_ssm.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, iface.__name__, iface)
+    x, _ = make_inputs(2, 4, 7, 16, 0, ("D", "z", "bias", "softplus"))
+    args = [x[k].detach() for k in ("u", "delta", "A", "B", "C", "D")]
+    kw = {"z": x["z"].detach(), "delta_bias": x["delta_bias"].detach(), "delta_softplus": True,
+          "return_last_state": last, "reverse": True}
+    got = selective_scan(*args, backend="mamba_ssm", **kw)
+    want = selective_scan_reference(*args, **kw)
+    for g, w in zip(got if last else [got], want if last else [want], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="has no initial_state"):
+        selective_scan(*args, backend="mamba_ssm", initial_state=torch.zeros(2, 4, 16))

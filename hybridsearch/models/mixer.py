@@ -18,6 +18,8 @@ from ..peft.base import add_branches, effective
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
 _SUFFIX = {"f": "", "b": "_b"}
+# inner affix placements whose tokens all precede the sequence in scan order (both directions)
+_PREFIX_AS_STATE = ("single_prefix", "dual_prefix")
 
 
 class MambaMixer(nn.Module):
@@ -41,6 +43,9 @@ class MambaMixer(nn.Module):
         self.layer_idx = layer_idx
         self.directions = ("f", "b") if bidirectional else ("f",)
         self.scan_backend = "auto"
+        # Inner prefix affix tokens enter as an initial scan state + conv context (exact, see _scan_direction);
+        # False keeps the explicit-token path (the tests compare the two).
+        self.affix_as_state = True
         E = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
         for d in self.directions:
@@ -92,8 +97,13 @@ class MambaMixer(nn.Module):
         ys = []
         for d in self.directions:
             seq = xz if d == "f" else xz.flip(-1)
-            inner = None if affix is None or affix.outer else affix.inner(d)
-            y = self._scan_direction(seq, d, inner)
+            inner = prefix = None
+            if affix is not None and not affix.outer:
+                if self.affix_as_state and affix.placement in _PREFIX_AS_STATE and self.scan_backend != "mamba_ssm":
+                    prefix = affix.parts[1] if affix.placement == "dual_prefix" and d == "b" else affix.parts[0]
+                else:
+                    inner = affix.inner(d)
+            y = self._scan_direction(seq, d, inner, prefix)
             ys.append(y if d == "f" else y.flip(-1))
         y = ys[0] if len(ys) == 1 else (ys[0] + ys[1]) / 2  # Vim "if_devide_out"
         y = y.transpose(1, 2)  # (B, L', E)
@@ -102,16 +112,45 @@ class MambaMixer(nn.Module):
         w_out = effective(self, "out_proj.weight", self.out_proj.weight)
         return add_branches(self, "out_proj", y, F.linear(y, w_out))
 
-    def _scan_direction(self, xz: Tensor, d: str, affix_tokens=None) -> Tensor:
-        """One scan over xz (B, 2E, L) in scan order; returns the gated output (B, E, L)."""
+    def _scan_direction(self, xz: Tensor, d: str, affix_tokens=None, prefix: Tensor | None = None) -> Tensor:
+        """One scan over xz (B, 2E, L) in scan order; returns the gated output (B, E, L).
+
+        ``affix_tokens`` inserts tokens into the sequence explicitly (their outputs are dropped). ``prefix``
+        (n, 2E) are prefix tokens shared by the batch, handled without putting them in the sequence: their only
+        effect on the real tokens is the scan state after them and the conv's left context, both batch
+        independent, so the prefix is scanned once with batch 1 and the sequence starts from its last state.
+        """
         keep = None
         if affix_tokens is not None:
             xz, keep = affix_tokens(xz)
-        E, N, R = self.d_inner, self.d_state, self.dt_rank
+        E, K1 = self.d_inner, self.d_conv - 1
         L = xz.shape[-1]
         x, z = xz[:, :E], xz[:, E:]
         conv_w, conv_b = self.eff("conv1d.weight", d), self.eff("conv1d.bias", d)
-        x = F.silu(F.conv1d(x, conv_w, conv_b, padding=self.d_conv - 1, groups=E)[..., :L])
+        D, dt_bias = self.eff("D", d).float(), self.eff("dt_proj.bias", d).float()
+        h0 = None
+        if prefix is None:
+            x = F.silu(F.conv1d(x, conv_w, conv_b, padding=K1, groups=E)[..., :L])
+        else:
+            px = prefix.to(xz.dtype).t()[None, :E]  # (1, E, n); the tokens' z half only gates dropped outputs
+            n = px.shape[-1]
+            x_pre = F.silu(F.conv1d(px, conv_w, conv_b, padding=K1, groups=E)[..., :n])
+            ctx = F.pad(px, (K1, 0))[..., px.shape[-1]:]  # the K1 conv inputs before position 0 (zeros if n < K1)
+            x = F.silu(F.conv1d(torch.cat([ctx.expand(x.shape[0], -1, -1), x], -1), conv_w, conv_b, groups=E))
+            delta_p, A_p, B_p, C_p = self._ssm_inputs(x_pre, d)
+            _, h0 = selective_scan(x_pre, delta_p, A_p, B_p, C_p, delta_bias=dt_bias, delta_softplus=True,
+                                   return_last_state=True, backend=self.scan_backend)
+            h0 = h0.expand(x.shape[0], -1, -1)
+        delta, A, B, C = self._ssm_inputs(x, d)
+        y = selective_scan(
+            x, delta, A, B, C, D, z=z, delta_bias=dt_bias, delta_softplus=True, initial_state=h0,
+            backend=self.scan_backend,
+        )
+        return y if keep is None else y[..., keep]
+
+    def _ssm_inputs(self, x: Tensor, d: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """delta (B, E, L), A (E, N), contiguous B and C (B, N, L) from the conv output x (B, E, L)."""
+        N, R = self.d_state, self.dt_rank
         x_dbl = F.linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
         delta = F.linear(dt, self.eff("dt_proj.weight", d)).transpose(1, 2)  # (B, E, L)
@@ -121,8 +160,4 @@ class MambaMixer(nn.Module):
             extra = m.extra_states(d, x)
             if extra is not None:
                 A, B, C = extra.concat(A, B, C)
-        y = selective_scan(
-            x, delta, A, B.contiguous(), C.contiguous(), self.eff("D", d).float(), z=z,
-            delta_bias=self.eff("dt_proj.bias", d).float(), delta_softplus=True, backend=self.scan_backend,
-        )
-        return y if keep is None else y[..., keep]
+        return delta, A, B.contiguous(), C.contiguous()
