@@ -112,11 +112,11 @@ def train_classifier(
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    augment: Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``model`` on (X, y) tensors; evaluate ``val`` after every epoch and call ``on_epoch(epoch, acc)``
-    (the search reports to the pruner there; it may raise ``optuna.TrialPruned``). ``augment(xb, gen)``
-    transforms each training batch (pretraining uses random shifts and flips)."""
+    (the search reports to the pruner there; it may raise ``optuna.TrialPruned``). ``augment(xb, yb, gen)``
+    returns a transformed training batch (pretraining: random shifts, flips and a rotation pretext)."""
     Xtr, ytr = train
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -135,7 +135,7 @@ def train_classifier(
             idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
             xb, yb = Xtr[idx], ytr[idx]
             if augment is not None:
-                xb = augment(xb, gen)
+                xb, yb = augment(xb, yb, gen)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             f = lr_factor(step, total, warmup, recipe)
             for g in opt.param_groups:
