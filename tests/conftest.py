@@ -12,12 +12,16 @@ name and ``pytest_generate_tests`` parametrises them:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+# `run` without --workers starts one process per core; tests run the in-process worker unless they ask for more
+os.environ.setdefault("HYBRIDSEARCH_WORKERS", "1")
 
 from hybridsearch import METHODS, PeftConfig
 from hybridsearch.models import MambaConfig, VimConfig, build

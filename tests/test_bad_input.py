@@ -140,6 +140,20 @@ def test_devices_without_cuda(tmp_path, capsys, small_root):
     assert "--devices 0,1: CUDA is not available" in err and "--workers" in err
 
 
+def test_bad_worker_counts(tmp_path, capsys, small_root, monkeypatch):
+    from hybridsearch.commands.run import default_workers
+
+    assert "--workers 0: must be at least 1" in run_error(capsys, tmp_path, write_space(tmp_path, small_root),
+                                                          "--workers", "0")
+    monkeypatch.setenv("HYBRIDSEARCH_WORKERS", "two")
+    assert "HYBRIDSEARCH_WORKERS='two': must be a positive integer" in run_error(
+        capsys, tmp_path, write_space(tmp_path, small_root))
+    monkeypatch.setenv("HYBRIDSEARCH_WORKERS", "3")
+    assert default_workers(None) == 3 and default_workers(2) == 2
+    monkeypatch.delenv("HYBRIDSEARCH_WORKERS")
+    assert default_workers(None) == max(1, min(8, len(os.sched_getaffinity(0))))
+
+
 # -- data ------------------------------------------------------------------------------------------------------
 def test_missing_data_root(tmp_path, capsys, small_root):
     err = run_error(capsys, tmp_path, write_space(tmp_path, tmp_path / "nowhere"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ._common import add_storage
@@ -15,7 +16,9 @@ HELP = "run (or continue) a search over a YAML search space"
 def add_run_options(p: argparse.ArgumentParser) -> None:
     add_storage(p)
     p.add_argument("--trials", type=int, default=None, help="target number of finished trials (stored with the study)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes sharing the study (default: $HYBRIDSEARCH_WORKERS, else one per CPU core "
+                        "up to 8, each with one thread: small proxy trials scale by processes, not threads)")
     p.add_argument("--devices", default=None, help="GPUs, one worker each, e.g. 0,1,2,3 (repeat an id to pack two)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default 0)")
@@ -39,6 +42,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="bundled space name (mini_vtab, vim_vtab, ...) or a YAML path")
     p.add_argument("--study", default=None, help="study name (default: the space's name)")
     add_run_options(p)
+
+
+def default_workers(workers: int | None) -> int:
+    """--workers, else $HYBRIDSEARCH_WORKERS, else one per usable CPU core (at most 8)."""
+    from ..errors import ConfigError
+
+    if workers is None and (env := os.environ.get("HYBRIDSEARCH_WORKERS")):
+        if not env.isdigit():
+            raise ConfigError(f"HYBRIDSEARCH_WORKERS={env!r}: must be a positive integer")
+        workers = int(env)
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(8, cores))
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    return workers
 
 
 def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: int | None = None,
@@ -72,7 +91,7 @@ def _run_one(args: argparse.Namespace, space_ref: str, study_name: str, stage: i
     from ..search.results import leaderboard, render, summary
 
     devices = args.devices.split(",") if args.devices else None
-    workers = len(devices) if devices else args.workers
+    workers = len(devices) if devices else default_workers(args.workers)
     opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=trials,
                       workers=workers, timeout=args.timeout, seed=args.seed, data_root=args.data_root,
                       devices=devices, stage=stage, chosen=chosen)
@@ -111,7 +130,7 @@ def _run_ray(args: argparse.Namespace, opts, prog):
     from ..errors import ConfigError
     from ..search.ray_engine import RayOptions, run_ray_study
 
-    if args.devices or args.workers != 1:
+    if args.devices or args.workers is not None:
         raise ConfigError("--engine ray: use --max-concurrent and --gpus-per-trial instead of --workers / --devices")
     ro = RayOptions(**{k: getattr(args, k) for k in _RAY_DEFAULTS})
     return run_ray_study(opts, ro, on_trial=prog.on_trial, poll=prog.poll)
