@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--checkpoint", default=None, help="a vim-proxy checkpoint instead of the bundled weights")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="subset of " + ", ".join(SETTINGS))
+    ap.add_argument("--backbones", default="proxy,random", help="proxy, random or both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = ensure_mini_vtab()
@@ -60,7 +61,7 @@ def main() -> None:
         rows[task] = {
             f"{'proxy' if pre else 'random'}/{s}":
                 round(run_one(task, root, pre, s, args.epochs, args.seed, args.checkpoint), 4)
-            for pre in (True, False) for s in args.settings.split(",")
+            for pre in [b == "proxy" for b in args.backbones.split(",")] for s in args.settings.split(",")
         }
     cols = list(next(iter(rows.values())))
     mean = {c: round(sum(r[c] for r in rows.values()) / len(rows), 4) for c in cols}

@@ -89,7 +89,7 @@ def pretext_batch(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tup
     return rotate(shift_flip(x, gen), k), y * 4 + k
 
 
-def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 4, seed: int = 0, limit: int | None = None,
+def pretrain_vim_proxy(data: Path, out: Path, epochs: int = 8, seed: int = 0, limit: int | None = None,
                        log=None) -> dict:
     """Train on (class x rotation) = 40 labels; the saved head keeps the 10 upright rows, so the checkpoint is
     a plain 10-class Fashion-MNIST classifier."""

@@ -26,8 +26,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="vim-proxy: Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--wordnet", type=Path, default=None,
                    help="mamba-proxy / commonsense-proxy: WordNet data.* folder (default /usr/share/wordnet)")
-    p.add_argument("--epochs", type=int, default=4, help="vim-proxy epochs")
-    p.add_argument("--steps", type=int, default=None, help="mamba-proxy optimizer steps (default 600)")
+    p.add_argument("--epochs", type=int, default=8, help="vim-proxy epochs (default 8)")
+    p.add_argument("--steps", type=int, default=None, help="mamba-proxy optimizer steps (default 1200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="vim-proxy: use only the first N training images")
     p.add_argument("--out", type=Path, default=None,
