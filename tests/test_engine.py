@@ -374,3 +374,16 @@ def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted):
     study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base", trials=5)
     assert finished(study) == 5
     assert sum(t.user_attrs.get("baseline") is not None for t in study.trials) == 3
+
+
+def test_baselines_are_never_pruned(tmp_path, make_space, scripted):
+    """The pruner sees a baseline's scores but never stops it: it is the reference the winner must beat."""
+    scripted(lambda call, epoch: 0.9 if call == 0 else 0.1)  # head_only strong, every later trial weak
+    space = make_space(trials=5, baselines=True, fidelity={"epochs": 3, "max_train_examples": 32},
+                       pruner={"kind": "successive_halving", "min_resource": 1, "reduction_factor": 3})
+    study = run(space, tmp_path / "j.journal", "noprune")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    kinds = [(t.user_attrs.get("baseline", "sampled"), t.state.name) for t in trials]
+    assert kinds == [("head_only", "COMPLETE"), ("lora_X", "COMPLETE"), ("affix", "COMPLETE"),
+                     ("sampled", "PRUNED"), ("sampled", "PRUNED")]
+    assert all(len(t.intermediate_values) == 3 for t in study.trials if "baseline" in t.user_attrs)

@@ -147,10 +147,12 @@ class Objective:
             trial.set_user_attr("failure", reason)
             raise optuna.TrialPruned(reason)
         multi = len(self.space.objectives) > 1
+        # a baseline is the reference the winner must beat: it reports to the pruner but always finishes
+        prune = "baseline" not in trial.user_attrs
         accs, timings = [], {}
         try:
             for ti, task in enumerate(self.tasks):
-                acc = self._train_task(trial, task, recipe, seed, ti, report=not multi)
+                acc = self._train_task(trial, task, recipe, seed, ti, report=not multi, prune=prune)
                 accs.append(acc)
                 timings[task.name] = round(time.perf_counter() - t0 - sum(timings.values()), 3)
         except optuna.TrialPruned as e:
@@ -178,7 +180,8 @@ class Objective:
         trial.set_user_attr("failure", reason)
         raise TrialFailure(reason)
 
-    def _train_task(self, trial, task: TaskData, recipe: Recipe, seed: int, ti: int, report: bool) -> float:
+    def _train_task(self, trial, task: TaskData, recipe: Recipe, seed: int, ti: int, report: bool,
+                    prune: bool = True) -> float:
         torch.manual_seed(seed)
         if self.space.data.kind == "commonsense":
             model, tokenizer = build_lm(self.space, trial.user_attrs["peft"], self.device)
@@ -193,7 +196,8 @@ class Objective:
                 return
             step = ti * recipe.epochs + epoch
             trial.report(acc, step)
-            if trial.should_prune():
+            # asked even for a baseline: successive halving records a trial's rung values only when asked
+            if trial.should_prune() and prune:
                 trial.set_user_attr("pruned_at", {"task": task.name, "epoch": epoch, "accuracy": acc})
                 raise optuna.TrialPruned(f"pruned at task {task.name} epoch {epoch}")
 
