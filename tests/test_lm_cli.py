@@ -51,3 +51,33 @@ def test_pretrain_command_targets() -> None:
     for target in ("vim-proxy", "mamba-proxy", "commonsense-proxy"):
         args = parser.parse_args(["pretrain", target, "--wordnet", "/nowhere", "--steps", "3"])
         assert args.model == target and args.out is None  # each target has its own bundled default
+
+
+def test_finetune_command_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``hybridsearch finetune``: one step on 4 records, adapters saved, --eval on a 2-item slice."""
+    out = tmp_path / "affix"
+    rc = main(["finetune", "--peft", '{"methods": {"affix": {}}}', "--limit-train", "4", "--max-steps", "1",
+               "--recipe", '{"batch_size": 4, "micro_batch_size": 2, "train_on_inputs": false}', "--out", str(out),
+               "--eval", "--eval-limit", "2"])
+    assert rc == 0 and (out / "adapter_model.safetensors").is_file()
+    info = json.loads((out / "finetune.json").read_text())
+    assert info["steps"] == 1 and info["recipe"]["lr"] == 1e-4 and info["recipe"]["train_on_inputs"] is False
+    assert info["eval"]["evaluator"] == "likelihood" and all(t["total"] == 2 for t in info["eval"]["tasks"].values())
+    assert info["tokens"] > 0 and info["counts"]["trainable"] > 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--peft", "{methods: {nope: {}}}"], "nope"),
+    (["--peft", "[1, 2]"], "neither an existing file nor a mapping"),
+    (["--recipe", "{batch: 3}"], "--recipe: not JSON"),
+    (["--recipe", '{"batchsize": 3}'], "unknown key(s) batchsize"),
+    (["--train", "/nowhere/train.json"], "/nowhere/train.json"),
+    (["--max-steps", "0"], "--max-steps must be positive"),
+], ids=["method", "peft-list", "recipe-json", "recipe-key", "train-file", "steps"])
+def test_finetune_command_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                    message: str) -> None:
+    assert main(["finetune", *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hybridsearch finetune: error:") and message in err, err
+    assert not (tmp_path / "x").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,28 +75,55 @@ def test_bundled_task_set_is_llm_adapters_format_and_held_out() -> None:
         labels = cs.parse_label_set(test[0]["instruction"])
         counts = {lab: sum(r["answer"] == lab for r in test) for lab in labels}
         assert len(set(counts.values())) == 1  # exactly balanced: a constant answer scores chance
-        assert not {target_word(r) for r in test} & train_words  # held-out words never seen in training
+        assert not set().union(*(option_words(r) for r in test)) & train_words  # held-out words never in training
+    manifest = json.loads((root / "manifest.json").read_text())
+    for rel, digest in manifest["sha256"].items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest, rel
 
 
 def _synsets() -> list[Synset]:
-    """A synthetic WordNet: 3 lexicographer files x 40 synsets, each word used in its example."""
+    """A synthetic WordNet: 60 words per part of speech, each part of speech with its own ending."""
     out = []
-    for f, lex in enumerate(("noun.animal", "noun.food", "verb.motion")):
-        for i in range(40):
-            w = f"{'abcdefghij'[i % 10]}{'klmnopqrst'[i // 10]}word{'xyz'[f]}"
-            out.append(Synset(f * 100 + i, lex[0], lex, (w,), f"definition number {i} of file {f}",
-                              (f"the {w} did it",), ()))
+    for f, (pos, lex, ending) in enumerate((("n", "noun.act", "tion"), ("v", "verb.change", "ize"),
+                                             ("a", "adj.all", "ous"), ("r", "adv.all", "ly"))):
+        for i in range(60):
+            stem = f"{'abcdefghij'[i % 10]}{'klmnop'[i // 10]}ra"
+            out.append(Synset(f * 100 + i, pos, lex, (stem + ending,), f"definition {i} of {pos}", (), ()))
     return out
 
 
-def test_task_builder_is_deterministic_and_holds_words_out() -> None:
-    a = build_task_set(synsets=_synsets(), seed=3, train_per_task=8, test_per_task=4)
+def test_task_builder_is_deterministic_balanced_and_holds_words_out() -> None:
+    info: dict = {}
+    a = build_task_set(synsets=_synsets(), seed=3, train_per_task=8, test_per_task=4, info=info)
     b = build_task_set(synsets=_synsets(), seed=3, train_per_task=8, test_per_task=4)
     assert a == b and len(a[0]) == 8 * len(PROXY_TASKS) and all(len(v) == 4 for v in a[1].values())
+    assert info["suffixes"] == {"noun": ["ion"], "verb": ["ize"], "adjective": ["ous"], "adverb": ["aly"]}
     train_words = set().union(*(option_words(r) for r in a[0]))
-    for records in a[1].values():
-        assert not {target_word(r) for r in records} & train_words
+    for task, records in a[1].items():
+        assert not set().union(*(option_words(r) for r in records)) & train_words  # targets and distractors
+        labels = cs.parse_label_set(records[0]["instruction"])
+        counts = {lab: sum(r["answer"] == lab for r in records) for lab in labels}
+        assert len(set(counts.values())) == 1, (task, counts)
     assert build_task_set(synsets=_synsets(), seed=4, train_per_task=8, test_per_task=4) != a
+
+
+def test_task_items_carry_the_right_answer() -> None:
+    """Each record's answer follows from the parts of speech it was built from (hand-checked on the fixture)."""
+    pos_of = {"ion": "noun", "ize": "verb", "ous": "adjective", "aly": "adverb"}
+    train, tests = build_task_set(synsets=_synsets(), seed=0, train_per_task=8, test_per_task=4)
+    for r in train + [r for v in tests.values() for r in v]:
+        text, answer = r["instruction"], r["answer"]
+        if "true or false" in text:
+            word = re.search(r'is "(\w+)" an adverb\?', text)[1]
+            assert pos_of[word[-3:]] in ("adverb", "adjective")
+            assert (pos_of[word[-3:]] == "adverb") == (answer == "true")
+            continue
+        wanted = "verb" if "Which word is a verb?" in text else "adverb"  # PIQA / ARC vs the two sentences
+        options = re.findall(r"(?:Answer|Solution|Ending|Option)\d: (\w+)", text)
+        assert len(options) == int(re.search(r"(\d)$", text)[1]) and len(set(options)) == len(options)
+        assert [pos_of[w[-3:]] == wanted for w in options].count(True) == 1
+        assert pos_of[options[int(answer[-1]) - 1][-3:]] == wanted
+        assert target_word(r) == options[int(answer[-1]) - 1]
 
 
 def test_wordnet_line_parsing() -> None:

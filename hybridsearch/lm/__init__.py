@@ -5,7 +5,7 @@ WordNet-based proxies (``mamba-proxy`` LM, ``commonsense_proxy`` task set).
 * ``evaluate``: batched likelihood ranking and greedy generation, ``evaluate_tasks`` per task + average;
 * ``loading``: ``load_lm`` (model + tokenizer + adapters), ``resolve_tokenizer``;
 * ``wordnet`` / ``proxy_tasks`` / ``pretrain``: WordNet reader, task-set builder, proxy pretraining;
-* ``finetune``: ``python -m hybridsearch.lm.finetune`` (train, save adapters, evaluate).
+* ``finetune``: ``hybridsearch finetune`` / ``python -m hybridsearch.lm.finetune`` (train, save adapters, evaluate).
 """
 
 from .evaluate import evaluate_tasks, likelihood_accuracy

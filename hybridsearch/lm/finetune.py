@@ -1,8 +1,8 @@
-"""``python -m hybridsearch.lm.finetune``: fine-tune a Mamba LM with a PEFT config on LLM-Adapters records,
-save the adapters and (optionally) evaluate them on the test tasks.
+"""``hybridsearch finetune`` / ``python -m hybridsearch.lm.finetune``: fine-tune a Mamba LM with a PEFT config on
+LLM-Adapters records, save the adapters and (optionally) evaluate them on the test tasks.
 
-    python -m hybridsearch.lm.finetune --model mamba-proxy --peft '{"methods": {"lora_X": {"rank": 8}}}' \\
-        --max-steps 40 --out runs/lora_x
+    hybridsearch finetune --model mamba-proxy --peft '{"methods": {"lora_X": {"rank": 8}}}' \\
+        --max-steps 40 --out runs/lora_x --eval
 """
 
 from __future__ import annotations
@@ -13,66 +13,106 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from ..errors import ConfigError, HybridSearchError
 
-from ..data.commonsense import load_records
-from ..errors import HybridSearchError
-from ..peft import PeftConfig, apply_peft, count_parameters, save_adapters
-from .evaluate import DEFAULT_DATA_ROOT, evaluate_tasks
-from .loading import load_lm
-from .proxy_tasks import TRAIN_FILE
-from .train import LMRecipe, cutoff_for, reference_lr, train_lm
+# torch and the model code load in ``run``: ``add_arguments`` runs whenever the CLI builds its parser
+_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "commonsense_proxy"
+_TRAIN_FILE = "commonsense_proxy_train.json"  # proxy_tasks.TRAIN_FILE
 
 
-def _peft(text: str | None) -> PeftConfig | None:
+def _peft(text: str | None):
+
     """A YAML file path or an inline JSON / YAML mapping; ``None``: full fine-tuning."""
+    import yaml
+
+    from ..peft import PeftConfig
+
     if not text:
         return None
     path = Path(text)
     if path.is_file():
         return PeftConfig.from_yaml(path)
-    return PeftConfig.from_dict(yaml.safe_load(text), "--peft")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--peft: neither a file nor a YAML / JSON mapping ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--peft: {text!r} is neither an existing file nor a mapping")
+    return PeftConfig.from_dict(data, "--peft")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hybridsearch.lm.finetune", description=__doc__.splitlines()[0])
+def _recipe(text: str | None):
+    """``LMRecipe`` overrides from a JSON mapping; unknown keys are an error, not silently ignored."""
+    from .train import LMRecipe
+
+    try:
+        data = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--recipe: not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--recipe: expected a JSON mapping, e.g. '{\"batch_size\": 32}'")
+    unknown = sorted(set(data) - set(LMRecipe.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"--recipe: unknown key(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(LMRecipe.__dataclass_fields__)}")
+    return LMRecipe.from_dict(data)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mamba-proxy", help="registered LM name or checkpoint directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or its folder, or 'byte')")
     p.add_argument("--peft", default=None, help="PEFT config: YAML file or inline mapping (omit: full fine-tuning)")
-    p.add_argument("--train", type=Path, default=DEFAULT_DATA_ROOT / TRAIN_FILE, help="LLM-Adapters training JSON")
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="test tasks for --eval")
+    p.add_argument("--train", type=Path, default=_ASSETS / _TRAIN_FILE, help="LLM-Adapters training JSON")
+    p.add_argument("--data-root", type=Path, default=_ASSETS, help="test tasks for --eval")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N training records")
     p.add_argument("--recipe", default=None, help="LMRecipe overrides as a JSON mapping")
     p.add_argument("--lr", type=float, default=None, help="default: the reference lr of the method")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="adapter folder to write")
-    p.add_argument("--eval", action="store_true", help="evaluate on the test tasks afterwards (likelihood)")
+    p.add_argument("--out", type=Path, required=True, help="adapter folder to write (full fine-tuning: a checkpoint)")
+    p.add_argument("--eval", action="store_true", help="evaluate on the test tasks afterwards")
+    p.add_argument("--evaluator", choices=["likelihood", "generation"], default="likelihood", help="for --eval")
+    p.add_argument("--eval-limit", type=int, default=None, help="--eval: first N records of each task")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hybridsearch.lm.finetune", description=__doc__.splitlines()[0])
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        return run(args)
     except HybridSearchError as e:
         print(f"finetune: error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.commonsense import load_records
+    from ..peft import apply_peft, count_parameters, save_adapters
+    from .evaluate import evaluate_tasks
+    from .loading import load_lm
+    from .train import cutoff_for, reference_lr, train_lm
+
+    if args.limit_train is not None and args.limit_train < 1:
+        raise ConfigError(f"--limit-train must be positive, got {args.limit_train}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     torch.manual_seed(args.seed)
     config = _peft(args.peft)
+    recipe = _recipe(args.recipe)
+    train = load_records(args.train)[: args.limit_train]
     model, tok = load_lm(args.model, tokenizer=args.tokenizer)
     if config is not None:
         apply_peft(model, config)
-    recipe = LMRecipe.from_dict(json.loads(args.recipe) if args.recipe else None)
     recipe.lr = args.lr if args.lr is not None else reference_lr(config)
     if args.max_steps is not None:
         recipe.max_steps = args.max_steps
-    train = load_records(args.train)[: args.limit_train]
 
     def progress(step: int, total: int, loss: float) -> None:
         print(f"step {step}/{total}: loss {loss:.4f}", flush=True)
@@ -81,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     info = {"model": str(args.model), "peft": config.to_dict() if config else None, "recipe": recipe.to_dict(),
             "cutoff_len": cutoff_for(tok, recipe), "truncated": res.truncated, "train_records": len(train),
             "steps": res.steps, "seconds": res.seconds, "tokens": res.tokens,
+            "tokens_per_second": res.tokens / res.seconds if res.seconds else None,
             "first_loss": res.losses[0] if res.losses else None, "last_loss": res.losses[-1] if res.losses else None,
             "counts": count_parameters(model)}
     if config is not None:
@@ -91,11 +132,12 @@ def _run(args: argparse.Namespace) -> int:
         save_mamba(model, args.out)
     if args.eval:
         t0 = time.perf_counter()
-        info["eval"] = evaluate_tasks(model, tok, args.data_root).to_dict()
+        info["eval"] = evaluate_tasks(model, tok, args.data_root, evaluator=args.evaluator,
+                                      limit=args.eval_limit).to_dict()
         info["eval"]["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "finetune.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in info.items() if k != "recipe"}, indent=2))
+    print(json.dumps({k: v for k, v in info.items() if k != "recipe"}, indent=2), flush=True)
     return 0
 
 

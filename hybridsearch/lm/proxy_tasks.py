@@ -1,19 +1,25 @@
 """``commonsense_proxy``: a small commonsense-style task set in the exact LLM-Adapters format, built from WordNet.
 
-Five tasks reuse the real LLM-Adapters templates and label words, so the real evaluators and regexes apply:
+The five tasks reuse the real LLM-Adapters templates and label words, so the real evaluators and regexes apply.
+Their content is chosen so that a 0.5 M-parameter byte-level LM can learn it by fine-tuning: each label is one
+spelling feature of one word, not world knowledge (the previous gloss-matching design stayed at chance, and so did
+a part-of-speech design that needed two features compared). The WordNet fact used is the **part of speech** of
+single words that WordNet lists under one part of speech only, kept when their last three letters predict it
+(>= 90 % of the training words with that ending share it: ``-lly``/``-ely``/``-sly`` adverbs, ``-ize``/``-ify``
+verbs, ``-ous``/``-ble``/``-cal`` adjectives, ``-ion``/``-ity``/``-ism`` nouns, ...).
 
-* ``ARC-Easy`` (answer1-4): which word matches this definition; distractors from the same lexicographer file;
-* ``hellaswag`` (ending1-4): which definition completes "<example sentence> Here, "<word>" means";
-* ``boolq`` (true/false): does "<word>" mean "<definition>"; false pairs take a definition from the same
-  lexicographer file; balanced;
-* ``piqa`` (solution1/2): which sentence uses "<word>" in the sense "<definition>"; the other solution is an
-  example sentence of another synset of the same lexicographer file;
-* ``winogrande`` (option1/2): fill the blank of an example sentence with the word or a same-file distractor.
+Tasks (the answer always follows from the words' spelling, near the end of the prompt):
 
-Held-out words: every eligible target word (a synset's first lemma) is assigned to train or test by a seeded
-shuffle; test items' answer words never occur as a target or an option of any training record (checked on
-build), though they may occur inside another record's definition or example sentence. Everything is
-deterministic for a seed: file-ordered inputs, seeded ``random.Random`` instances.
+* ``boolq`` (true/false): is "<word>" an adverb?  an adverb (true) or an adjective (false), balanced;
+* ``piqa`` (solution1/2): which word is a verb?  a verb and a noun or adjective;
+* ``hellaswag`` (ending1-4): "Grammar: she did it" + an adverb, a noun, a verb and an adjective;
+* ``winogrande`` (option1/2): "he spoke _" with an adverb and an adjective;
+* ``ARC-Easy`` (answer1-4): which word is a verb?  a verb, a noun, an adjective and an adverb.
+
+Held-out words: every candidate word is assigned to train or test by a seeded shuffle; training records use
+training words only, test records test words only (targets and distractors; checked on build). The suffix
+statistics come from the training words. Every label is exactly balanced. Everything is deterministic for a
+seed: file-ordered inputs, seeded ``random.Random`` instances.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import hashlib
 import json
 import random
 import re
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.commonsense import ANSWER_TEMPLATE
@@ -33,8 +40,11 @@ from .wordnet import LICENSE_NOTICE, Synset, read_wordnet
 PROXY_TASKS: tuple[str, ...] = ("boolq", "piqa", "hellaswag", "winogrande", "ARC-Easy")
 TRAIN_FILE = "commonsense_proxy_train.json"
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "commonsense_proxy"
-_WORD = re.compile(r"[a-z]{3,14}")
-_MAX_TEXT = 70  # definitions and examples up to this many characters keep byte-level prompts short
+POS_NAMES: tuple[str, ...] = ("noun", "verb", "adjective", "adverb")
+_WN_POS = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+_WORD = re.compile(r"[a-z]{4,14}")
+_SUFFIX = 3  # letters of the spelling cue
+_PURITY = 0.9
 Record = dict[str, str]
 
 
@@ -51,126 +61,101 @@ def _fmt(kind: str, n: int) -> str:
     return "Answer format: " + "/".join(f"{kind}{i + 1}" for i in range(n))
 
 
-def _usage(s: Synset) -> str | None:
-    """The first short example that contains the synset's word as a whole word."""
-    w = s.lemmas[0]
-    for e in s.examples:
-        if len(e) <= _MAX_TEXT and re.search(rf"\b{re.escape(w)}\b", e, flags=re.IGNORECASE):
-            return e
-    return None
+@dataclass
+class _Lexicon:
+    """The words of one split by part of speech."""
+
+    words: dict[str, list[str]] = field(default_factory=lambda: {p: [] for p in POS_NAMES})
 
 
-class _Pool:
-    """Eligible synsets of one split, grouped by lexicographer file, with the words distractors may use."""
+class _Targets:
+    """Each target used once per task: a seeded walk over a shuffled copy of each list."""
 
-    def __init__(self, synsets: list[Synset]) -> None:
-        self.synsets = synsets
-        self.by_lex: dict[str, list[Synset]] = defaultdict(list)
-        for s in synsets:
-            self.by_lex[s.lexname].append(s)
+    def __init__(self, rng: random.Random, lex: _Lexicon, task: str) -> None:
+        self.task = task
+        self.queues: dict[str, list[str]] = {}
+        for key, items in lex.words.items():
+            q = list(items)
+            rng.shuffle(q)
+            self.queues[key] = q
 
-    def others(self, rng: random.Random, s: Synset, k: int, want: Callable[[Synset], bool]) -> list[Synset] | None:
-        """k synsets of s's lexicographer file with distinct words, none a synonym of s (None if too few)."""
-        group = self.by_lex[s.lexname]
-        taken, out = set(s.lemmas), []
-        for _ in range(50 * k):
-            if len(out) == k:
-                break
-            o = group[rng.randrange(len(group))]
-            if o.lemmas[0] not in taken and o.definition != s.definition and want(o):
-                taken.add(o.lemmas[0])
-                out.append(o)
-        return out if len(out) == k else None
+    def take(self, key: str) -> str:
+        if not self.queues[key]:
+            raise DataError(f"{self.task}: WordNet has too few {key} items for the requested task size")
+        return self.queues[key].pop()
 
 
-def _shuffled(rng: random.Random, correct: str, wrong: list[str], slot: int) -> tuple[list[str], int]:
-    """Distractors in random order with the correct item at ``slot`` (cycled by the caller: balanced labels)."""
+def _other(rng: random.Random, items: list[str], not_this: str) -> str:
+    while True:
+        x = items[rng.randrange(len(items))]
+        if x != not_this:
+            return x
+
+
+def _place(correct: str, wrong: list[str], slot: int) -> list[str]:
     items = list(wrong)
-    rng.shuffle(items)
-    pos = slot % (len(items) + 1)
-    return items[:pos] + [correct] + items[pos:], pos
+    return items[:slot] + [correct] + items[slot:]
 
 
-def _topic(lexname: str) -> str:
-    """A HellaSwag-style activity label from the lexicographer file: noun.animal -> Animal, adj.all -> Adjective."""
-    pos, name = lexname.split(".")
-    return {"adj": "Adjective", "adv": "Adverb"}.get(pos) or name.capitalize()
-
-
-# -- the five task makers: (rng, target synset, distractor pool) -> record or None --------------------------------
-def _arc(rng: random.Random, s: Synset, pool: _Pool, slot: int) -> Record | None:
-    others = pool.others(rng, s, 3, lambda o: True)
-    if others is None:
-        return None
-    words, i = _shuffled(rng, s.lemmas[0], [o.lemmas[0] for o in others], slot)
-    q = f"Please choose the correct answer to the question: Which word means \"{s.definition}\"?\n\n"
-    return _record(q + _options("answer", words) + _fmt("answer", 4), f"answer{i + 1}")
-
-
-def _hellaswag(rng: random.Random, s: Synset, pool: _Pool, slot: int) -> Record | None:
-    ex = _usage(s)
-    others = pool.others(rng, s, 3, lambda o: True) if ex else None
-    if others is None:
-        return None
-    ends, i = _shuffled(rng, s.definition, [o.definition for o in others], slot)
-    q = (f"Please choose the correct ending to complete the given sentence: {_topic(s.lexname)}: {ex}. "
-         f"Here, \"{s.lemmas[0]}\" means\n\n")
-    return _record(q + _options("ending", ends) + _fmt("ending", 4), f"ending{i + 1}")
-
-
-def _boolq(rng: random.Random, s: Synset, pool: _Pool, truth: bool) -> Record | None:
-    definition = s.definition
-    if not truth:
-        others = pool.others(rng, s, 1, lambda o: True)
-        if others is None:
-            return None
-        definition = others[0].definition
-    q = (f"Please answer the following question with true or false, question: does \"{s.lemmas[0]}\" mean "
-         f"\"{definition}\"?\n\nAnswer format: true/false")
+# -- the five task makers: (rng, lexicon, targets, n already made) -> record; n cycles the labels ---------------
+# Each label is one spelling feature of one word, read near the end of the prompt: the adverb (-ly) or the verb
+# (-ize, -ify, ...) among words of other parts of speech. No item needs to compare two features.
+def _boolq(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
+    truth = n % 2 == 0
+    word = tg.take("adverb" if truth else "adjective")  # "happily" vs "happy"-like words: the ending decides
+    q = (f"Please answer the following question with true or false, question: is \"{word}\" an adverb?\n\n"
+         "Answer format: true/false")
     return _record(q, "true" if truth else "false")
 
 
-def _piqa(rng: random.Random, s: Synset, pool: _Pool, slot: int) -> Record | None:
-    ex = _usage(s)
-    others = pool.others(rng, s, 1, lambda o: _usage(o) is not None) if ex else None
-    if others is None:
-        return None
-    sols, i = _shuffled(rng, ex, [_usage(others[0])], slot)
-    q = (f"Please choose the correct solution to the question: Use \"{s.lemmas[0]}\" in a sentence, meaning "
-         f"\"{s.definition}\"\n\n")
-    return _record(q + _options("solution", sols) + _fmt("solution", 2), f"solution{i + 1}")
+def _piqa(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
+    slot = n % 2
+    word = tg.take("verb")
+    other = rng.choice(["noun", "adjective"])
+    sols = _place(word, [_other(rng, lex.words[other], word)], slot)
+    q = "Please choose the correct solution to the question: Which word is a verb?\n\n"
+    return _record(q + _options("solution", sols) + _fmt("solution", 2), f"solution{slot + 1}")
 
 
-def _winogrande(rng: random.Random, s: Synset, pool: _Pool, slot: int) -> Record | None:
-    ex = _usage(s)
-    others = pool.others(rng, s, 1, lambda o: True) if ex else None
-    if others is None:
-        return None
-    blanked = re.sub(rf"\b{re.escape(s.lemmas[0])}\b", "_", ex, count=1, flags=re.IGNORECASE)
-    opts, i = _shuffled(rng, s.lemmas[0], [others[0].lemmas[0]], slot)
-    q = f"Please choose the correct answer to fill in the blank to complete the given sentence: {blanked}\n\n"
-    return _record(q + _options("option", opts) + _fmt("option", 2), f"option{i + 1}")
+def _hellaswag(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
+    slot = n % 4
+    word = tg.take("adverb")
+    wrong = [_other(rng, lex.words[p], word) for p in ("noun", "verb", "adjective")]
+    rng.shuffle(wrong)
+    q = "Please choose the correct ending to complete the given sentence: Grammar: she did it\n\n"
+    return _record(q + _options("ending", _place(word, wrong, slot)) + _fmt("ending", 4), f"ending{slot + 1}")
 
 
-def _make(task: str, rng: random.Random, s: Synset, pool: _Pool, n_done: int) -> Record | None:
-    if task == "boolq":
-        return _boolq(rng, s, pool, truth=n_done % 2 == 0)  # exactly balanced
-    maker = {"ARC-Easy": _arc, "hellaswag": _hellaswag, "piqa": _piqa, "winogrande": _winogrande}[task]
-    return maker(rng, s, pool, n_done)
+def _winogrande(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
+    slot = n % 2
+    word = tg.take("adverb")
+    opts = _place(word, [_other(rng, lex.words["adjective"], word)], slot)
+    q = "Please choose the correct answer to fill in the blank to complete the given sentence: he spoke _\n\n"
+    return _record(q + _options("option", opts) + _fmt("option", 2), f"option{slot + 1}")
 
 
-_QUOTED = re.compile(r'(?:does|Use|Here,) "([^"]+)"')
-_OPTION = re.compile(r"^(Answer|Option)(\d): (.+)$", flags=re.MULTILINE)
+def _arc(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
+    slot = n % 4
+    word = tg.take("verb")
+    wrong = [_other(rng, lex.words[p], word) for p in ("noun", "adjective", "adverb")]
+    rng.shuffle(wrong)
+    q = "Please choose the correct answer to the question: Which word is a verb?\n\n"
+    return _record(q + _options("answer", _place(word, wrong, slot)) + _fmt("answer", 4), f"answer{slot + 1}")
+
+
+_MAKERS = {"boolq": _boolq, "piqa": _piqa, "hellaswag": _hellaswag, "winogrande": _winogrande, "ARC-Easy": _arc}
+_QUOTED = re.compile(r'"([^"]+)"')
+_OPTION = re.compile(r"^(Answer|Solution|Ending|Option)(\d): (.+)$", flags=re.MULTILINE)
 
 
 def option_words(record: Record) -> set[str]:
-    """Every word a record asks about (the quoted word) or offers as an option (ARC, WinoGrande)."""
+    """Every word a record asks about (quoted) or offers as an option."""
     text = record["instruction"]
     return set(_QUOTED.findall(text)) | {m[2] for m in _OPTION.findall(text)}
 
 
 def target_word(record: Record) -> str:
-    """The word a record tests: the quoted word, or the correct ARC / WinoGrande option."""
+    """The word a record tests: the quoted word, or the correct option."""
     text = record["instruction"]
     quoted = _QUOTED.findall(text)
     if quoted:
@@ -179,10 +164,43 @@ def target_word(record: Record) -> str:
     return options[record["answer"]]
 
 
-def _split_words(synsets: list[Synset], seed: int, test_fraction: float) -> set[str]:
-    words = sorted({s.lemmas[0] for s in synsets})
-    random.Random(seed).shuffle(words)
-    return set(words[: int(len(words) * test_fraction)])
+def _candidates(synsets: list[Synset]) -> dict[str, str]:
+    """{single lower-case word: its only part of speech} in a deterministic (sorted) order."""
+    pos: dict[str, set[str]] = defaultdict(set)
+    for s in synsets:
+        for lemma in s.lemmas:
+            pos[lemma].add(_WN_POS[s.pos])
+    return {w: next(iter(p)) for w, p in sorted(pos.items()) if len(p) == 1 and _WORD.fullmatch(w)}
+
+
+def _lexicons(synsets: list[Synset], seed: int, test_fraction: float, min_suffix_count: int
+              ) -> tuple[_Lexicon, _Lexicon, dict]:
+    singles = _candidates(synsets)
+    names = sorted(singles)
+    random.Random(seed).shuffle(names)
+    test_names = set(names[: int(len(names) * test_fraction)])
+    # the spelling cue, learned from training words only: endings that (almost) always mean one part of speech
+    stats: dict[str, Counter] = defaultdict(Counter)
+    for w, p in singles.items():
+        if w not in test_names:
+            stats[w[-_SUFFIX:]][p] += 1
+    cue = {}
+    for sfx, c in stats.items():
+        p, k = c.most_common(1)[0]
+        if sum(c.values()) >= min_suffix_count and k / sum(c.values()) >= _PURITY:
+            cue[sfx] = p
+    train, test = _Lexicon(), _Lexicon()
+    for w, p in singles.items():
+        if cue.get(w[-_SUFFIX:]) == p:
+            (test if w in test_names else train).words[p].append(w)
+    info = {"suffixes": {p: sorted(s for s, q in cue.items() if q == p) for p in POS_NAMES},
+            "train_words": {p: len(v) for p, v in train.words.items()},
+            "test_words": {p: len(v) for p, v in test.words.items()}}
+    for name, lex in (("training", train), ("test", test)):
+        short = [p for p, v in lex.words.items() if len(v) < 2]
+        if short:
+            raise DataError(f"WordNet gave too few {name} words for: {', '.join(short)}")
+    return train, test, info
 
 
 def build_task_set(
@@ -192,51 +210,38 @@ def build_task_set(
     train_per_task: int = 600,
     test_per_task: int = 200,
     test_fraction: float = 0.2,
+    min_suffix_count: int = 10,
     synsets: list[Synset] | None = None,
+    info: dict | None = None,
 ) -> tuple[list[Record], dict[str, list[Record]]]:
-    """(mixed shuffled training records, {task: test records}) from WordNet."""
+    """(mixed shuffled training records, {task: test records}) from WordNet; ``info`` receives the lexicon
+    statistics (suffixes used, words per part of speech and split)."""
     synsets = synsets if synsets is not None else read_wordnet(wordnet)
-    eligible = [s for s in synsets if _WORD.fullmatch(s.lemmas[0]) and 10 <= len(s.definition) <= _MAX_TEXT
-                and '"' not in s.definition]
-    test_words = _split_words(eligible, seed, test_fraction)
-    train_pool = _Pool([s for s in eligible if not test_words & set(s.lemmas)])
-    test_pool = _Pool(eligible)  # test distractors may be any word; test answers are held out
-    test_targets = [s for s in eligible if s.lemmas[0] in test_words]
-    rng = random.Random(seed + 1)
+    train_lex, test_lex, stats = _lexicons(synsets, seed, test_fraction, min_suffix_count)
+    if info is not None:
+        info.update(stats)
     train: list[Record] = []
     tests: dict[str, list[Record]] = {}
     for t_i, task in enumerate(PROXY_TASKS):
         trng = random.Random(seed * 1000 + t_i)
-        train += _draw(task, trng, train_pool.synsets, train_pool, train_per_task)
-        tests[task] = _draw(task, trng, test_targets, test_pool, test_per_task)
-    rng.shuffle(train)
+        train += _draw(task, trng, train_lex, train_per_task)
+        tests[task] = _draw(task, trng, test_lex, test_per_task)
+    random.Random(seed + 1).shuffle(train)
     _check_held_out(train, tests)
     return train, tests
 
 
-def _draw(task: str, rng: random.Random, targets: list[Synset], pool: _Pool, n: int) -> list[Record]:
-    order = list(range(len(targets)))
-    rng.shuffle(order)
-    out: list[Record] = []
-    used: set[str] = set()  # one record per word and task, so no item repeats another's answer
-    for i in order:
-        s = targets[i]
-        if s.lemmas[0] in used:
-            continue
-        r = _make(task, rng, s, pool, len(out))
-        if r is not None:
-            used.add(s.lemmas[0])
-            out.append(r)
-            if len(out) == n:
-                rng.shuffle(out)  # the slots were cycled; the file order should not be
-                return out
-    raise DataError(f"WordNet gave only {len(out)} {task} items, {n} asked")
+def _draw(task: str, rng: random.Random, lex: _Lexicon, n: int) -> list[Record]:
+    targets = _Targets(rng, lex, task)
+    out = [_MAKERS[task](rng, lex, targets, i) for i in range(n)]
+    rng.shuffle(out)  # the labels were cycled; the file order should not be
+    return out
 
 
 def _check_held_out(train: list[Record], tests: dict[str, list[Record]]) -> None:
     seen = set().union(*(option_words(r) for r in train))
     for task, records in tests.items():
-        leaked = sorted({target_word(r) for r in records} & seen)
+        leaked = sorted(set().union(*(option_words(r) for r in records)) & seen)
         if leaked:
             raise DataError(f"{task}: held-out word(s) {leaked[:10]} occur in training records")
 
@@ -254,7 +259,8 @@ def write_task_set(out: str | Path, train: list[Record], tests: dict[str, list[R
         digests[rel] = hashlib.sha256(text.encode()).hexdigest()
     (out / "NOTICE").write_text(
         "The records in this directory are derived from WordNet 3.0 (Debian package wordnet-base),\n"
-        "glosses and example sentences, by `hybridsearch pretrain commonsense-proxy`.\n\n" + LICENSE_NOTICE)
+        "parts of speech of single words, by `hybridsearch pretrain commonsense-proxy`.\n\n"
+        + LICENSE_NOTICE)
     manifest = {**meta, "train": len(train), "test": {t: len(r) for t, r in tests.items()}, "sha256": digests}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -262,7 +268,11 @@ def write_task_set(out: str | Path, train: list[Record], tests: dict[str, list[R
 
 def build_commonsense_proxy(wordnet: str | Path | None = None, out: str | Path = ASSET_DIR, *, seed: int = 0,
                             train_per_task: int = 600, test_per_task: int = 200) -> dict:
-    train, tests = build_task_set(wordnet, seed=seed, train_per_task=train_per_task, test_per_task=test_per_task)
-    meta = {"source": "WordNet 3.0 (Debian wordnet-base 1:3.0)", "seed": seed, "train_per_task": train_per_task,
-            "test_per_task": test_per_task, "tasks": list(PROXY_TASKS)}
+    info: dict = {}
+    train, tests = build_task_set(wordnet, seed=seed, train_per_task=train_per_task, test_per_task=test_per_task,
+                                  info=info)
+    meta = {"source": "WordNet 3.0 (Debian wordnet-base 1:3.0)",
+            "design": "one spelling cue per label: the adverb or verb among words of other parts of speech",
+            "seed": seed, "train_per_task": train_per_task, "test_per_task": test_per_task,
+            "tasks": list(PROXY_TASKS), "lexicon": info}
     return write_task_set(out, train, tests, meta)
