@@ -257,7 +257,7 @@ def test_fixed_config_rebuilds_a_trial_and_checks_params():
     cfg = space.sample(trial)
     again = space.fixed_config(trial.params)
     assert again.peft.to_dict() == cfg.peft.to_dict() and again.recipe == cfg.recipe
-    assert cfg.params == trial.params and cfg.recipe["epochs"] == 4
+    assert cfg.params == trial.params and cfg.recipe["epochs"] == space.fidelity.epochs == 3
     with pytest.raises(ConfigError, match="params: missing 'recipe.lr'"):
         space.fixed_config({k: v for k, v in trial.params.items() if k != "recipe.lr"})
     bad = {**trial.params, "use.lora_X": True, "lora_X.rank": 3, "lora_X.scale": 0.1}
@@ -388,7 +388,9 @@ def test_make_sampler_and_pruner():
         assert isinstance(sp.make_pruner(), cls)
     assert sp.to_dict()["pruner"] == {"kind": "none"}
     d["pruner"] = {"kind": "hyperband"}
-    assert space_from_dict(d).pruner.options == {"min_resource": 1, "max_resource": 12, "reduction_factor": 3}
+    max_resource = space.fidelity.epochs * len(space.search_tasks)  # epochs summed over the tasks
+    assert space_from_dict(d).pruner.options == {"min_resource": 1, "max_resource": max_resource,
+                                                 "reduction_factor": 3}
 
 
 # -- budget ---------------------------------------------------------------------------------------------------------
