@@ -39,6 +39,7 @@ class Recipe:
     eval_batch_size: int = 256
     head_lr_mult: float = 1.0
     head_decay_mult: float = 1.0
+    train_on_inputs: bool = True  # language trials only (lm/train.py): loss on the prompt tokens too
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Recipe:

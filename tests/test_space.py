@@ -517,3 +517,26 @@ def test_generated_spaces_load_or_raise_config_error(d, invalid, path, junk, use
             space_from_dict(d)
         except ConfigError as e:
             assert str(e)
+
+
+def test_language_baselines_have_no_head_only_and_pass_the_loss_choice(monkeypatch):
+    """An LM has no classifier head, so its baselines are the methods alone; ``train_on_inputs`` reaches the
+    LM trainer."""
+    from hybridsearch.search import objective
+    from hybridsearch.train import Recipe
+
+    space = load_space("mamba_boolq")
+    assert sorted(space.baseline_params()) == ["additional_scan", "affix", "lora_X"]
+    recipe = Recipe.from_dict(space.fixed_config(space.baseline_params()["lora_X"]).recipe)
+    assert recipe.train_on_inputs is False
+    seen = {}
+
+    def fake_train_lm(model, tokenizer, records, r, val=None, seed=0, on_epoch=None):
+        seen["train_on_inputs"] = r.train_on_inputs
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("hybridsearch.lm.train.train_lm", fake_train_lm)
+    task = objective.TaskData("boolq", 0, ([], None), ([], None))
+    with pytest.raises(RuntimeError, match="stop"):
+        objective.train_lm_task(None, None, task, recipe, seed=0, on_epoch=lambda e, a: None)
+    assert seen == {"train_on_inputs": False}

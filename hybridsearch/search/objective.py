@@ -224,7 +224,8 @@ def train_lm_task(model, tokenizer, task: TaskData, recipe: Recipe, seed: int, o
 
     r = LMRecipe(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
                  batch_size=recipe.batch_size, micro_batch_size=math.gcd(recipe.batch_size, 16),
-                 schedule="linear" if recipe.schedule == "cosine" else recipe.schedule)
+                 schedule="linear" if recipe.schedule == "cosine" else recipe.schedule,
+                 train_on_inputs=recipe.train_on_inputs)
     val = task.val[0] if on_epoch is not None else None
     res = train_lm(model, tokenizer, task.train[0], r, val=val, seed=seed, on_epoch=on_epoch)
     if val is not None and res.history:

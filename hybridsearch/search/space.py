@@ -596,13 +596,16 @@ class SearchSpace:
 
     def baseline_params(self) -> dict[str, dict[str, Any]]:
         """``baselines: true``: the trials queued first in a new study, by name: ``head_only`` (every optional
-        method off) and each optional method alone, every value at its default or the middle of its range.
-        The leaderboard then compares the searched hybrid with the best single method at equal fidelity."""
+        method off; not for language models) and each optional method alone, every value at its default or the
+        middle of its range. The leaderboard then compares the searched hybrid with the best single method at
+        equal fidelity."""
         if self.stage == 2:  # stage 2 tunes methods that are always on: nothing to switch off
             return {}
         optional = [n for n, m in self.methods.items() if m.optional]
+        # a language model has no classifier head: with every method off nothing would train
+        head_only = () if self.data.kind == "commonsense" else (None,)
         out = {}
-        for only in (None, *optional):
+        for only in (*head_only, *optional):
             def pick(name: str, p: Param, only: str | None = only) -> Any:
                 return name == f"use.{only}" if name.startswith("use.") else p.middle()
 
@@ -1196,6 +1199,7 @@ _RECIPE: dict[str, tuple[Any, Check]] = {
     "method_decay_mult": (_MISSING, c_float(0)),
     "head_lr_mult": (_MISSING, c_float(0)),
     "head_decay_mult": (_MISSING, c_float(0)),
+    "train_on_inputs": (_MISSING, c_bool()),  # language spaces: loss on the prompt too (reference) or not
 }
 
 
