@@ -48,6 +48,7 @@ class BudgetSpent(Exception):
 def arm_space(base: dict, tasks: list[str], args: argparse.Namespace, tpe: bool) -> dict:
     d = json.loads(json.dumps(base))
     d["data"]["tasks"] = tasks
+    d.pop("baselines", None)  # both arms sample from the first trial: baselines would make them identical
     d["fidelity"] = {"epochs": args.epochs, "min_epochs": 1, "max_train_examples": args.train_examples,
                      "max_val_examples": args.val_examples, "tasks": None}
     if tpe:

@@ -225,6 +225,7 @@ def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = No
     import torch
 
     from .objective import Objective, _img_size, data_root, load_tasks
+    from .space import count_methods
 
     if opts.devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = opts.devices[worker % len(opts.devices)]
@@ -237,6 +238,7 @@ def run_worker(opts: RunOptions, worker: int = 0, on_trial: Callable | None = No
     tasks = load_tasks(space, root, _img_size(space), space.fidelity.max_train_examples,
                        max_val=space.fidelity.max_val_examples)
     objective = Objective(space, tasks, device, seed=int(study.user_attrs.get("seed", 0)))
+    count_methods(space, {})  # the first meta-device count imports torch's decompositions (~1.5 s): once, here
     gc.freeze()  # see the loop below
     target = int(study.user_attrs["target_trials"])
     beat = Heartbeat(study)
