@@ -54,6 +54,26 @@ def _softplus(x):
 
 
 @triton.jit
+def _pos(k, L, REVERSE: tl.constexpr):
+    """Sequence position of scan step k: the reverse direction is read by index, nothing is flipped."""
+    t = k
+    if REVERSE:
+        t = L - 1 - k
+    return t
+
+
+@triton.jit
+def _step_inputs(u_ptr, delta_ptr, B_ptr, row, bc, t, dmask, nmask, bias, HAS_BIAS: tl.constexpr):
+    """What the state update of position t reads, in fp32: u, delta (+ bias, before softplus) and the B row."""
+    u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
+    raw = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += bias
+    Bt = tl.load(B_ptr + bc + t, mask=nmask, other=0.0).to(tl.float32)
+    return u, raw, Bt
+
+
+@triton.jit
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, last_ptr, ckpt_ptr,
@@ -78,6 +98,7 @@ def _fwd_kernel(
     A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)  # read only when HAS_BIAS; defined for _step_inputs
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
     st = (b * dim + d[:, None]) * N + n[None, :]  # (batch, dim, N) state offsets
@@ -93,17 +114,10 @@ def _fwd_kernel(
         s0 = c * CHUNK
         cnt = tl.minimum(CHUNK, L - s0)
         for i in range(cnt):
-            if REVERSE:
-                t = L - 1 - (s0 + i)
-            else:
-                t = s0 + i
-            u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
+            t = _pos(s0 + i, L, REVERSE)
+            u, dt, Bt = _step_inputs(u_ptr, delta_ptr, B_ptr, row, bc, t, dmask, nmask, bias, HAS_BIAS)
             if SOFTPLUS:
                 dt = _softplus(dt)
-            Bt = tl.load(B_ptr + bc + t, mask=nmask, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + bc + t, mask=nmask, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], axis=1)
@@ -143,6 +157,7 @@ def _bwd_kernel(
     A2 = A * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)  # read only when HAS_BIAS; defined for _step_inputs
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
     st = (b * dim + d[:, None]) * N + n[None, :]
@@ -168,38 +183,24 @@ def _bwd_kernel(
         h = tl.load(ckpt_ptr + ck + c * NPAD, mask=dmask[:, None], other=0.0)
         tl.store(scr, h)
         for i in range(cnt):
-            if REVERSE:
-                t = L - 1 - (s0 + i)
-            else:
-                t = s0 + i
-            u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
+            t = _pos(s0 + i, L, REVERSE)
+            u, dt, Bt = _step_inputs(u_ptr, delta_ptr, B_ptr, row, bc, t, dmask, nmask, bias, HAS_BIAS)
             if SOFTPLUS:
                 dt = _softplus(dt)
-            Bt = tl.load(B_ptr + bc + t, mask=nmask, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scr + (i + 1) * BLOCK_D * NPAD, h)
         tl.debug_barrier()  # the slab is re-read below by whichever thread owns each element
         # 2) reverse recurrence over the chunk; h holds h_t, hp = h_{t-1} comes from the slab.
         for j in range(cnt):
             i = cnt - 1 - j
-            if REVERSE:
-                t = L - 1 - (s0 + i)
-            else:
-                t = s0 + i
+            t = _pos(s0 + i, L, REVERSE)
             hp = tl.load(scr + i * BLOCK_D * NPAD)
-            u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            raw = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += bias
+            u, raw, Bt = _step_inputs(u_ptr, delta_ptr, B_ptr, row, bc, t, dmask, nmask, bias, HAS_BIAS)
             if SOFTPLUS:
                 dt = _softplus(raw)
                 dsp = tl.where(raw > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-raw)))
             else:
                 dt = raw
-            Bt = tl.load(B_ptr + bc + t, mask=nmask, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + bc + t, mask=nmask, other=0.0).to(tl.float32)
             dy = tl.load(dout_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
             if HAS_Z:
