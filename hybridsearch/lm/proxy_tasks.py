@@ -108,39 +108,34 @@ def _boolq(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
     return _record(q, "true" if truth else "false")
 
 
+def _choice(rng: random.Random, lex: _Lexicon, word: str, wrong_parts: tuple[str, ...], slot: int, question: str,
+            key: str) -> Record:
+    """A multiple-choice record: ``word`` at option ``slot`` among one word of each of ``wrong_parts``."""
+    wrong = [_other(rng, lex.words[p], word) for p in wrong_parts]
+    rng.shuffle(wrong)
+    k = len(wrong) + 1
+    return _record(question + _options(key, _place(word, wrong, slot)) + _fmt(key, k), f"{key}{slot + 1}")
+
+
 def _piqa(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
-    slot = n % 2
     word = tg.take("verb")
-    other = rng.choice(["noun", "adjective"])
-    sols = _place(word, [_other(rng, lex.words[other], word)], slot)
     q = "Please choose the correct solution to the question: Which word is a verb?\n\n"
-    return _record(q + _options("solution", sols) + _fmt("solution", 2), f"solution{slot + 1}")
+    return _choice(rng, lex, word, (rng.choice(["noun", "adjective"]),), n % 2, q, "solution")
 
 
 def _hellaswag(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
-    slot = n % 4
-    word = tg.take("adverb")
-    wrong = [_other(rng, lex.words[p], word) for p in ("noun", "verb", "adjective")]
-    rng.shuffle(wrong)
     q = "Please choose the correct ending to complete the given sentence: Grammar: she did it\n\n"
-    return _record(q + _options("ending", _place(word, wrong, slot)) + _fmt("ending", 4), f"ending{slot + 1}")
+    return _choice(rng, lex, tg.take("adverb"), ("noun", "verb", "adjective"), n % 4, q, "ending")
 
 
 def _winogrande(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
-    slot = n % 2
-    word = tg.take("adverb")
-    opts = _place(word, [_other(rng, lex.words["adjective"], word)], slot)
     q = "Please choose the correct answer to fill in the blank to complete the given sentence: he spoke _\n\n"
-    return _record(q + _options("option", opts) + _fmt("option", 2), f"option{slot + 1}")
+    return _choice(rng, lex, tg.take("adverb"), ("adjective",), n % 2, q, "option")
 
 
 def _arc(rng: random.Random, lex: _Lexicon, tg: _Targets, n: int) -> Record:
-    slot = n % 4
-    word = tg.take("verb")
-    wrong = [_other(rng, lex.words[p], word) for p in ("noun", "adjective", "adverb")]
-    rng.shuffle(wrong)
     q = "Please choose the correct answer to the question: Which word is a verb?\n\n"
-    return _record(q + _options("answer", _place(word, wrong, slot)) + _fmt("answer", 4), f"answer{slot + 1}")
+    return _choice(rng, lex, tg.take("verb"), ("noun", "adjective", "adverb"), n % 4, q, "answer")
 
 
 _MAKERS = {"boolq": _boolq, "piqa": _piqa, "hellaswag": _hellaswag, "winogrande": _winogrande, "ARC-Easy": _arc}
