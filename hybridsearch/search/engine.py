@@ -10,6 +10,7 @@ import contextlib
 import gc
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -302,6 +303,11 @@ def _check_data(opts: RunOptions, space) -> None:
 def _spawn_worker(opts: RunOptions, worker: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(opts, worker)
+    # Done: every result is in the storage (each write commits). Skip interpreter teardown, where Triton's
+    # bindings (imported by torch for meta-device math) print hundreds of "nanobind: leaked ..." lines.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_study(opts: RunOptions, on_trial: Callable | None = None, poll: Callable | None = None) -> optuna.Study:
