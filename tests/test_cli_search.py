@@ -4,6 +4,8 @@ processes on one journal) -> ``show --json`` (Pareto front of the two objectives
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -43,9 +45,11 @@ def tiny(search_env, mini_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     """One ``run --space tiny_debug --workers 2`` (4 trials, two objectives), shared by the tests below."""
     tmp = tmp_path_factory.mktemp("tiny")
     storage = str(tmp / "j.journal")
-    assert main(["run", "--space", "tiny_debug", "--study", "tiny", "--storage", storage, "--workers", "2",
-                 "--data-root", str(mini_root), "--out", str(tmp / "out")]) == 0
-    return {"storage": storage, "tmp": tmp}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["run", "--space", "tiny_debug", "--study", "tiny", "--storage", storage, "--workers", "2",
+                     "--data-root", str(mini_root), "--out", str(tmp / "out")]) == 0
+    return {"storage": storage, "tmp": tmp, "output": out.getvalue()}
 
 
 def test_two_workers_share_one_journal(tiny):
@@ -56,6 +60,21 @@ def test_two_workers_share_one_journal(tiny):
     assert len(set(numbers)) == len(numbers) == 4  # unique numbers, exactly the target
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert os.getpid() not in {t.user_attrs["worker"]["pid"] for t in trials}  # trained in worker processes
+
+
+def test_run_prints_a_line_per_finished_trial(tiny, mini_root):
+    """Without a terminal (a log file, CI) the progress bar is silent: each trial, whichever worker ran it, still
+    gets one line; a later run of the finished study does not repeat them."""
+    study = optuna.load_study(study_name="tiny", storage=open_storage(tiny["storage"]))
+    done = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("surplus")]
+    for t in done:
+        methods = ", ".join((t.user_attrs.get("peft") or {}).get("methods", {})) or "-"
+        assert f"trial {t.number}: {t.state.name} {t.values[0]:.4f} [{methods}] trainable=" in tiny["output"]
+    again = io.StringIO()
+    with contextlib.redirect_stdout(again):
+        assert main(["run", "--space", "tiny_debug", "--study", "tiny", "--storage", tiny["storage"],
+                     "--workers", "2", "--data-root", str(mini_root), "--out", str(tiny["tmp"] / "out")]) == 0
+    assert "trial 0:" not in again.getvalue() and "4/4 trials finished" in again.getvalue()
 
 
 def run_json(capsys, argv: list[str]) -> dict:

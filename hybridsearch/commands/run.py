@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 from pathlib import Path
@@ -148,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A rich progress bar: trials finished of the target, best score so far, time left."""
+    """A rich progress bar (trials finished of the target, best score so far, time left) and one line per
+    finished trial, whichever worker ran it, so a log of a run without a terminal still tells its story."""
 
     def __enter__(self):
         from rich.progress import (
@@ -164,6 +166,8 @@ class _Progress:
                                  TimeElapsedColumn(), TimeRemainingColumn())
         self.progress.__enter__()
         self.task = self.progress.add_task("search", total=None)
+        self.started = datetime.datetime.now()  # trials of a resumed study finished before this are not news
+        self.shown: set[int] = set()
         return self
 
     def __exit__(self, *exc):
@@ -173,14 +177,27 @@ class _Progress:
         from ..search.engine import finished
         from ..search.results import best_trials
 
+        trials = study.get_trials(deepcopy=False)
+        news = [t for t in trials if t.state.is_finished() and t.number not in self.shown
+                and (t.datetime_complete is None or t.datetime_complete >= self.started)]
+        for t in sorted(news, key=lambda t: t.number):
+            self.shown.add(t.number)
+            self._line(t)
         best = best_trials(study)
         desc = f"best {best[0].values[0]:.4f} (#{best[0].number})" if best else "search"
         self.progress.update(self.task, completed=finished(study), total=study.user_attrs.get("target_trials"),
                              description=desc)
 
     def on_trial(self, study, trial) -> None:
-        note = trial.user_attrs.get("failure") or ""
-        value = f"{trial.values[0]:.4f}" if trial.values else "-"
-        self.progress.console.print(f"trial {trial.number}: {trial.state.name} {value} "
-                                    f"trainable={trial.user_attrs.get('trainable')} {note}")
         self.poll(study)
+
+    def _line(self, trial) -> None:
+        from ..search.results import trial_row
+
+        r = trial_row(trial)
+        value = "-" if r["score"] is None else f"{r['score']:.4f}"
+        seconds = "" if r["seconds"] is None else f" {r['seconds']:.0f}s"
+        note = r["failure"] or (f"baseline {r['baseline']}" if r["baseline"] else "")
+        self.progress.console.print(f"trial {r['number']}: {r['state']} {value} [{', '.join(r['methods']) or '-'}] "
+                                    f"trainable={r['trainable']}{seconds} {note}".rstrip(),
+                                    markup=False, highlight=False, soft_wrap=True)
