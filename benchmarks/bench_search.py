@@ -13,7 +13,7 @@ has spent it. Reported per arm:
   between trials. Per trial, and as a fraction of the trial time (model set-up + training).
 
 Prints JSON. Usage: python benchmarks/bench_search.py [--trials 12] [--epochs 3] [--tasks 1]
-[--train-examples 256] [--startup 4] [--threads 1] [--seed 0]
+[--train-examples 256] [--startup 4] [--threads 1] [--seeds 0[,1,2...]]
 """
 
 from __future__ import annotations
@@ -208,6 +208,48 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def run_pair(base: dict, tasks: list[str], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Random search, then TPE + SH on the compute random search used; both arms seeded with ``seed``."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
+    with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
+        storage = str(Path(tmp) / "bench.journal")
+        files = {}
+        for name, tpe in (("random", False), ("tpe_sh", True)):
+            files[name] = Path(tmp) / f"{name}.yaml"
+            files[name].write_text(yaml.safe_dump(arm_space(base, tasks, args, tpe), sort_keys=False))
+        rnd, rmeter, rwall = run_arm("random", files["random"], storage, args.trials, None, seed)
+        budget = sum(len(t.intermediate_values) for t in rnd.get_trials(deepcopy=False))
+        tpe, tmeter, twall = run_arm("tpe_sh", files["tpe_sh"], storage, args.max_trial_factor * args.trials,
+                                     budget, seed)
+        done = [t.values[0] for t in rnd.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        target = max(done) if done else float("inf")
+        arms = {"random": arm_summary(rnd, rmeter, rwall, target),
+                "tpe_sh": arm_summary(tpe, tmeter, twall, target)}
+    reach = {k: (a["to_reach_random_best"] or {}) for k, a in arms.items()}
+    return {
+        "seed": seed, "random_best": None if not done else target, "epoch_budget": budget, **arms,
+        "speedup_to_random_best": {"epochs": _ratio(reach["random"].get("epochs"), reach["tpe_sh"].get("epochs")),
+                                   "seconds": _ratio(reach["random"].get("seconds"),
+                                                     reach["tpe_sh"].get("seconds"))},
+    }
+
+
+def across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One seed is one draw of a noisy race: the median speed-up, how often TPE + SH needed at most half the
+    compute (speed-up >= 2; never reaching counts as a miss), and each arm's best at the same compute."""
+    speedups = [r["speedup_to_random_best"]["epochs"] for r in runs]
+    ranked = sorted(x if x is not None else 0.0 for x in speedups)
+    mid = len(ranked) // 2
+    median = ranked[mid] if len(ranked) % 2 else (ranked[mid - 1] + ranked[mid]) / 2
+    return {
+        "seeds": [r["seed"] for r in runs], "speedup_epochs": speedups, "median_speedup_epochs": round(median, 3),
+        "half_compute_or_less": f"{sum(x is not None and x >= 2 for x in speedups)}/{len(runs)}",
+        "best_at_equal_compute": {"random": [r["random"]["best"] for r in runs],
+                                  "tpe_sh": [r["tpe_sh"]["best"] for r in runs]},
+        "engine_fraction_of_trial_time": [r["tpe_sh"]["overhead"]["fraction_of_trial_time"] for r in runs],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=12, help="random-search trials (sets the compute budget)")
@@ -218,8 +260,9 @@ def main() -> None:
     ap.add_argument("--startup", type=int, default=4, help="TPE random start-up trials")
     ap.add_argument("--max-trial-factor", type=int, default=4, help="TPE arm: at most this x --trials trials")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", "--seed", default="0", help="one seed, or several comma-separated (a pair each)")
     args = ap.parse_args()
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the engine keeps an explicit thread count
     import torch
@@ -231,31 +274,12 @@ def main() -> None:
     base = load_space("mini_vtab").to_dict()
     tasks = pick_tasks(args.tasks, base["data"]["tasks"])
     out: dict[str, Any] = {"benchmark": "TPE + successive halving vs random search at equal compute (mini-VTAB)",
-                           "config": {**vars(args), "tasks": tasks}}
-    with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
-        storage = str(Path(tmp) / "bench.journal")
-        files = {}
-        for name, tpe in (("random", False), ("tpe_sh", True)):
-            files[name] = Path(tmp) / f"{name}.yaml"
-            files[name].write_text(yaml.safe_dump(arm_space(base, tasks, args, tpe), sort_keys=False))
-        rnd, rmeter, rwall = run_arm("random", files["random"], storage, args.trials, None, args.seed)
-        budget = sum(len(t.intermediate_values) for t in rnd.get_trials(deepcopy=False))
-        tpe, tmeter, twall = run_arm("tpe_sh", files["tpe_sh"], storage, args.max_trial_factor * args.trials,
-                                     budget, args.seed)
-        done = [t.values[0] for t in rnd.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        target = max(done) if done else float("inf")
-        arms = {"random": arm_summary(rnd, rmeter, rwall, target),
-                "tpe_sh": arm_summary(tpe, tmeter, twall, target)}
-    reach = {k: (a["to_reach_random_best"] or {}) for k, a in arms.items()}
-    out.update({
-        "random_best": None if not done else target, "epoch_budget": budget, **arms,
-        "speedup_to_random_best": {"epochs": _ratio(reach["random"].get("epochs"), reach["tpe_sh"].get("epochs")),
-                                   "seconds": _ratio(reach["random"].get("seconds"),
-                                                     reach["tpe_sh"].get("seconds"))},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
-                    "optuna": optuna.__version__},
-    })
+                           "config": {**vars(args), "seeds": seeds, "tasks": tasks}}
+    runs = [run_pair(base, tasks, args, seed) for seed in seeds]
+    out.update(runs[0] if len(runs) == 1 else {"summary": across_seeds(runs), "per_seed": runs})
+    out["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                      "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+                      "optuna": optuna.__version__}
     print(json.dumps(out, indent=2))
 
 
