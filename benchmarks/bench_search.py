@@ -234,9 +234,23 @@ def run_pair(base: dict, tasks: list[str], args: argparse.Namespace, seed: int) 
     }
 
 
+def best_within(rows: list[dict[str, Any]], epochs: float) -> float | None:
+    """The best completed score among the trials finished within ``epochs`` of compute."""
+    done = [r["value"] for r in rows if r["state"] == "COMPLETE" and r["value"] is not None and r["epochs"] <= epochs]
+    return max(done) if done else None
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
 def across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One seed is one draw of a noisy race: the median speed-up, how often TPE + SH needed at most half the
-    compute (speed-up >= 2; never reaching counts as a miss), and each arm's best at the same compute."""
+    compute (speed-up >= 2; never reaching counts as a miss), and each arm's best so far at a quarter, half and
+    all of the compute (per seed and the mean over seeds)."""
+    curve = {arm: {f"{q:.2f}": [best_within(r[arm]["timeline"], q * r["epoch_budget"]) for r in runs]
+                   for q in (0.25, 0.5, 1.0)} for arm in ("random", "tpe_sh")}
     speedups = [r["speedup_to_random_best"]["epochs"] for r in runs]
     ranked = sorted(x if x is not None else 0.0 for x in speedups)
     mid = len(ranked) // 2
@@ -244,8 +258,8 @@ def across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "seeds": [r["seed"] for r in runs], "speedup_epochs": speedups, "median_speedup_epochs": round(median, 3),
         "half_compute_or_less": f"{sum(x is not None and x >= 2 for x in speedups)}/{len(runs)}",
-        "best_at_equal_compute": {"random": [r["random"]["best"] for r in runs],
-                                  "tpe_sh": [r["tpe_sh"]["best"] for r in runs]},
+        "best_so_far_at_budget_fraction": curve,
+        "mean_best_so_far": {arm: {q: _mean(v) for q, v in c.items()} for arm, c in curve.items()},
         "engine_fraction_of_trial_time": [r["tpe_sh"]["overhead"]["fraction_of_trial_time"] for r in runs],
     }
 
