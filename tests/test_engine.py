@@ -355,9 +355,9 @@ def test_calibrate_scores_each_config_twice(tmp_path, make_space, scripted):
 
 
 # -- baselines -------------------------------------------------------------------------------------------------------
-def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted):
+def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted, capsys):
     """``baselines: true`` queues head-only and each optional method alone (middle values) before sampling."""
-    from hybridsearch.search.results import summary
+    from hybridsearch.search.results import render, summary
 
     scripted(lambda call, epoch: [0.3, 0.5, 0.4, 0.9, 0.1][call])  # head, lora_X, affix, then sampled trials
     study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base")
@@ -368,6 +368,10 @@ def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted):
     assert trials[1].params["lora_X.rank"] == 2  # the space's default (else the middle of the range)
     b = summary(study)["baselines"]
     assert b["best_single_method"] == "lora_X" and b["single_score"] == pytest.approx(0.5)
+    assert b["baseline_methods"] == ["lora_X", "tune_D"]  # tune_D is always on in this space
+    render(study)
+    assert "winner #3 0.9000 vs best baseline lora_X + tune_D (#1) 0.5000: +0.4000; head only 0.3000" \
+        in capsys.readouterr().out
     assert b["winner_trial"] == 3 and b["gain"] == pytest.approx(0.4)
     assert b["head_only_score"] == pytest.approx(0.3)
     # resuming queues nothing again

@@ -44,14 +44,16 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def baseline_comparison(study: optuna.Study) -> dict[str, Any] | None:
-    """With ``baselines: true``: the best completed single-method baseline vs the best trial (one objective)."""
+    """With ``baselines: true``: the best completed single-method baseline vs the best trial (one objective).
+    A space with always-on methods has baselines of those plus one optional method: ``baseline_methods``."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     base = [t for t in done if t.user_attrs.get("baseline") not in (None, "head_only")]
     if not base or len(study.directions) > 1:
         return None
     head = [t for t in done if t.user_attrs.get("baseline") == "head_only"]
     b, w = max(base, key=lambda t: t.values[0]), max(done, key=lambda t: t.values[0])
-    return {"best_single_method": b.user_attrs["baseline"], "single_score": b.values[0], "single_trial": b.number,
+    return {"best_single_method": b.user_attrs["baseline"], "baseline_methods": trial_row(b)["methods"],
+            "single_score": b.values[0], "single_trial": b.number,
             "winner_score": w.values[0], "winner_trial": w.number, "winner_methods": trial_row(w)["methods"],
             "gain": w.values[0] - b.values[0], "head_only_score": head[0].values[0] if head else None}
 
@@ -92,10 +94,12 @@ def render(study: optuna.Study, limit: int = 20) -> None:
     console = Console()
     console.print(t)
     if b := s["baselines"]:
-        console.print(f"winner #{b['winner_trial']} {b['winner_score']:.4f} vs best single method "
-                      f"{b['best_single_method']} (#{b['single_trial']}) {b['single_score']:.4f}: "
+        what = (f"best single method {b['best_single_method']}" if len(b["baseline_methods"]) <= 1
+                else f"best baseline {' + '.join(b['baseline_methods'])}")
+        console.print(f"winner #{b['winner_trial']} {b['winner_score']:.4f} vs {what} "
+                      f"(#{b['single_trial']}) {b['single_score']:.4f}: "
                       f"{b['gain']:+.4f}" + (f"; head only {b['head_only_score']:.4f}"
-                                             if b["head_only_score"] is not None else ""))
+                                             if b["head_only_score"] is not None else ""), soft_wrap=True)
     if s["pareto_front"]:
         console.print("Pareto front (accuracy vs trainable parameters): "
                       + ", ".join(f"#{r['number']} {r['score']:.4f}/{r['trainable']:,}" for r in s["pareto_front"]))
