@@ -197,7 +197,8 @@ class _Progress:
         r = trial_row(trial)
         value = "-" if r["score"] is None else f"{r['score']:.4f}"
         seconds = "" if r["seconds"] is None else f" {r['seconds']:.0f}s"
+        trainable = "-" if r["trainable"] is None else f"{r['trainable']:,}"
         note = r["failure"] or (f"baseline {r['baseline']}" if r["baseline"] else "")
         self.progress.console.print(f"trial {r['number']}: {r['state']} {value} [{', '.join(r['methods']) or '-'}] "
-                                    f"trainable={r['trainable']}{seconds} {note}".rstrip(),
+                                    f"trainable={trainable}{seconds} {note}".rstrip(),
                                     markup=False, highlight=False, soft_wrap=True)
