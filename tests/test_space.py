@@ -540,3 +540,14 @@ def test_language_baselines_have_no_head_only_and_pass_the_loss_choice(monkeypat
     with pytest.raises(RuntimeError, match="stop"):
         objective.train_lm_task(None, None, task, recipe, seed=0, on_epoch=lambda e, a: None)
     assert seen == {"train_on_inputs": False}
+
+
+def test_mamba_mixed_baselines_keep_additional_scan_on():
+    """``mamba_mixed``: Additional-scan is always on, so each baseline is it plus one optional method."""
+    space = load_space("mamba_mixed")
+    base = space.baseline_params()
+    assert sorted(base) == ["affix", "lora_X", "lora_out_proj"]
+    for name, params in base.items():
+        assert sorted(space.selected_methods(params)) == sorted(["additional_scan", name])
+        assert list(space.fixed_config(params).peft.to_dict()["methods"]) == \
+            [m for m in space.methods if m in ("additional_scan", name)]
