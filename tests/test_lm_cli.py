@@ -4,6 +4,7 @@ command's targets."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def test_finetune_then_evaluate_with_adapters(tmp_path: Path, capsys: pytest.Cap
                         "4", "--max-steps", "1", "--recipe", '{"batch_size": 4, "micro_batch_size": 4}', "--out",
                         str(out)])
     assert rc == 0 and (out / "adapter_model.safetensors").is_file()
+    assert re.search(r"^step 1/1: loss \d+\.\d{4} \(\d+ s\)$", capsys.readouterr().out, re.M)
     info = json.loads((out / "finetune.json").read_text())
     assert info["steps"] == 1 and info["recipe"]["lr"] == 1e-3  # LoRAp(X)'s reference lr
     capsys.readouterr()

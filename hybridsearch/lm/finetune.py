@@ -114,8 +114,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         recipe.max_steps = args.max_steps
 
-    def progress(step: int, total: int, loss: float) -> None:
-        print(f"step {step}/{total}: loss {loss:.4f}", flush=True)
+    start = time.perf_counter()
+
+    def progress(step: int, total: int, loss: float) -> None:  # ~25 lines a run, not one per step
+        if step in (1, total) or step % max(1, total // 25) == 0:
+            print(f"step {step}/{total}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     res = train_lm(model, tok, train, recipe, seed=args.seed, progress=progress)
     info = {"model": str(args.model), "peft": config.to_dict() if config else None, "recipe": recipe.to_dict(),
