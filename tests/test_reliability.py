@@ -406,6 +406,8 @@ def test_ctrl_c_trial_is_rerun_on_resume(tmp_path, fault_space, monkeypatch):
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["failure"].startswith("interrupted")
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == stopped.params and retry[0].state == TrialState.COMPLETE
+    # ... and with the same seed: the re-run repeats the interrupted training
+    assert retry[0].user_attrs["seed"] == stopped.user_attrs["seed"] == calls[1] == calls[2] != calls[0]
     assert finished(study) == 3 and len(trials) == 4
 
 

@@ -119,6 +119,17 @@ def _fidelity(space, key: str, default: Any = None) -> Any:
     return getattr(space.fidelity, key, default) if space.fidelity is not None else default
 
 
+def trial_seed(trial: optuna.Trial, base: int) -> int:
+    """``base`` + the trial number; a re-queued trial (``retry_of``) keeps the lost trial's seed, so the re-run
+    repeats the training the interruption cut short."""
+    origin = trial.user_attrs.get("retry_of")
+    if origin is None:
+        return base + trial.number
+    storage, study_id = trial.study._storage, trial.study._study_id
+    lost = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, int(origin)))
+    return int(lost.user_attrs.get("seed", base + lost.number))
+
+
 class Objective:
     """Callable for ``study.optimize``; raises ``TrialPruned`` or ``TrialFailure`` to end a trial early."""
 
@@ -129,7 +140,7 @@ class Objective:
         t0 = time.perf_counter()
         trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid()})
         sampled = self.space.sample(trial)
-        seed = self.seed + trial.number
+        seed = trial_seed(trial, self.seed)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("peft", sampled.peft.to_dict())
         trial.set_user_attr("recipe", dict(sampled.recipe))

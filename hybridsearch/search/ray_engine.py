@@ -173,16 +173,6 @@ def _tasks(space, opts: RunOptions, study: optuna.Study):
     return _TASKS[key]
 
 
-def _trial_seed(study: optuna.Study, trial: optuna.Trial, base: int) -> int:
-    """The objective's seed base: ``base``, or for a re-queued trial the base that gives it the lost trial's seed."""
-    origin = trial.user_attrs.get("retry_of")
-    if origin is None:
-        return base
-    storage = study._storage
-    lost = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, int(origin)))
-    return int(lost.user_attrs.get("seed", base + lost.number)) - trial.number
-
-
 def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: float) -> dict[str, Any]:
     """Train one already-asked trial (in a Ray worker). Returns ``{"state", "values"?, "reason"?, "retry"?}``;
     the driver tells the state."""
@@ -201,8 +191,7 @@ def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: 
                                           sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner())
         trial = optuna.trial.Trial(storage_study, trial_id)
         base = int(storage_study.user_attrs.get("seed", 0))
-        objective = Objective(space, _tasks(space, opts, storage_study), device,
-                              seed=_trial_seed(storage_study, trial, base))
+        objective = Objective(space, _tasks(space, opts, storage_study), device, seed=base)
         trial.set_user_attr("ray", {"attempt": attempt, "node": _node_id(), "cpus": cpus, "gpus": gpus,
                                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                     "setup_s": round(time.perf_counter() - t0, 3)})
