@@ -138,3 +138,19 @@ def test_installed_console_script():
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert [r["name"] for r in json.loads(done.stdout)] == METHODS.names()
+
+
+def test_tables_piped_to_a_log_are_not_cut_to_80_columns(capsys):
+    """Rich assumes 80 columns without a terminal and would cut the names the tables exist to show."""
+    from rich.table import Table
+
+    from hybridsearch.display import console
+
+    c = console()
+    assert not c.is_terminal and c.width >= 140
+    t = Table()
+    t.add_column("methods")
+    names = "lora_in_proj, lora_X, lora_out_proj, prompt, additional_scan, tune_conv1d, tune_D"
+    t.add_row(names)
+    c.print(t)
+    assert names in capsys.readouterr().out

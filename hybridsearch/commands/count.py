@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(counts))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from ..display import console
 
     t = Table(title=f"{args.model} + {args.peft or 'linear probing'}")
     t.add_column("part")
@@ -38,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(f"  {k}", f"{v:,}")
     pct = 100.0 * counts["trainable"] / max(counts["base"], 1)
     t.add_row("trainable / base", f"{pct:.3f} %")
-    Console().print(t)
+    console().print(t)
     return 0

@@ -43,14 +43,12 @@ def _split_tasks(value: str | None) -> list[str] | None:
 
 
 def _print_report(report: object) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from .. import display
     from ..data.vtab import SPLITS
 
-    console = Console()
-    if not console.is_terminal:  # rich assumes 80 columns when piped; long task names would be cut
-        console = Console(width=max(console.width, 120))
+    console = display.console()
     table = Table(title=f"VTAB-1k check: {report.root}")
     table.add_column("task", no_wrap=True)
     table.add_column("group", no_wrap=True)

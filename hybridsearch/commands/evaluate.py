@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from ..display import console
 
     t = Table(title=f"{args.model}{' + ' + str(args.adapters) if args.adapters else ''} ({args.evaluator})")
     t.add_column("task")
@@ -52,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     for name, r in out["tasks"].items():
         t.add_row(name, f"{100 * r['accuracy']:.1f}", f"{r['correct']} / {r['total']}")
     t.add_row("average", f"{100 * out['average']:.1f}", "")
-    Console().print(t)
+    console().print(t)
     return 0

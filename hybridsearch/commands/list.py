@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from ..display import console
 
     cols = [k for k in rows[0] if k != "defaults"]
     table = Table(title=f"hybridsearch {args.what}")
@@ -48,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(c)
     for r in rows:
         table.add_row(*(str(r[c]) for c in cols))
-    Console().print(table)
+    console().print(table)
     return 0

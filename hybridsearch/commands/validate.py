@@ -51,12 +51,11 @@ def _n(counts: dict | None, key: str = "budgeted") -> str:
 
 
 def _print_summary(report) -> None:
-    from rich.console import Console
-
+    from ..display import console
     from ..search.space import describe
 
     s = describe(report.space)
-    con = Console()
+    con = console()
     con.print(f"[bold]{s['name']}[/bold]  {s['source']}  hash {s['hash'][:12]}")
     if report.space.description:
         con.print(report.space.description)

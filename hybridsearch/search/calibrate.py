@@ -247,8 +247,9 @@ def verdict(rho: float | None, n: int) -> str:
 
 
 def render(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from .. import display
 
     p, f = result["proxy"], result["full"]
     t = Table(title=f"proxy vs full fidelity on {result['space']}: {result['scored']}/{result['configs']} scored")
@@ -258,7 +259,7 @@ def render(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         t.add_row(str(r["index"]), ", ".join(r["methods"]), f"{r['trainable']:,}", _num(r["proxy"]),
                   _num(r["proxy_rank"], "g"), _num(r["full"]), _num(r["full_rank"], "g"), (r["failure"] or "")[:50])
-    console = Console()
+    console = display.console()
     console.print(t)
     console.print(f"proxy: {p['epochs']} epochs, tasks {', '.join(p['tasks'])}, "
                   f"{p['max_train_examples'] or 'all'} train examples; full: {f['epochs']} epochs, "

@@ -74,8 +74,9 @@ def summary(study: optuna.Study) -> dict[str, Any]:
 
 
 def render(study: optuna.Study, limit: int = 20) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from .. import display
 
     rows = leaderboard(study)
     s = summary(study)
@@ -91,7 +92,7 @@ def render(study: optuna.Study, limit: int = 20) -> None:
         t.add_row(str(r["number"]), r["state"], "" if r["score"] is None else f"{r['score']:.4f}",
                   "" if r["trainable"] is None else f"{r['trainable']:,}", ", ".join(r["methods"]),
                   "" if r["seconds"] is None else f"{r['seconds']:.1f}", (note or "")[:60])
-    console = Console()
+    console = display.console()
     console.print(t)
     if b := s["baselines"]:
         what = (f"best single method {b['best_single_method']}" if len(b["baseline_methods"]) <= 1
