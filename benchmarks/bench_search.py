@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -242,7 +243,7 @@ def best_within(rows: list[dict[str, Any]], epochs: float) -> float | None:
 
 def _mean(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
-    return round(sum(xs) / len(xs), 4) if xs else None
+    return round(statistics.fmean(xs), 4) if xs else None
 
 
 def across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -252,9 +253,7 @@ def across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     curve = {arm: {f"{q:.2f}": [best_within(r[arm]["timeline"], q * r["epoch_budget"]) for r in runs]
                    for q in (0.25, 0.5, 1.0)} for arm in ("random", "tpe_sh")}
     speedups = [r["speedup_to_random_best"]["epochs"] for r in runs]
-    ranked = sorted(x if x is not None else 0.0 for x in speedups)
-    mid = len(ranked) // 2
-    median = ranked[mid] if len(ranked) % 2 else (ranked[mid - 1] + ranked[mid]) / 2
+    median = statistics.median(x if x is not None else 0.0 for x in speedups)  # never reaching: 0
     return {
         "seeds": [r["seed"] for r in runs], "speedup_epochs": speedups, "median_speedup_epochs": round(median, 3),
         "half_compute_or_less": f"{sum(x is not None and x >= 2 for x in speedups)}/{len(runs)}",

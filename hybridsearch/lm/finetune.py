@@ -14,14 +14,12 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, HybridSearchError
+from .proxy_tasks import ASSET_DIR, TRAIN_FILE
 
-# torch and the model code load in ``run``: ``add_arguments`` runs whenever the CLI builds its parser
-_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "commonsense_proxy"
-_TRAIN_FILE = "commonsense_proxy_train.json"  # proxy_tasks.TRAIN_FILE
+# the model code loads in ``run``: ``add_arguments`` runs whenever the CLI builds its parser
 
 
 def _peft(text: str | None):
-
     """A YAML file path or an inline JSON / YAML mapping; ``None``: full fine-tuning."""
     import yaml
 
@@ -62,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mamba-proxy", help="registered LM name or checkpoint directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or its folder, or 'byte')")
     p.add_argument("--peft", default=None, help="PEFT config: YAML file or inline mapping (omit: full fine-tuning)")
-    p.add_argument("--train", type=Path, default=_ASSETS / _TRAIN_FILE, help="LLM-Adapters training JSON")
-    p.add_argument("--data-root", type=Path, default=_ASSETS, help="test tasks for --eval")
+    p.add_argument("--train", type=Path, default=ASSET_DIR / TRAIN_FILE, help="LLM-Adapters training JSON")
+    p.add_argument("--data-root", type=Path, default=ASSET_DIR, help="test tasks for --eval")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N training records")
     p.add_argument("--recipe", default=None, help="LMRecipe overrides as a JSON mapping")
     p.add_argument("--lr", type=float, default=None, help="default: the reference lr of the method")
