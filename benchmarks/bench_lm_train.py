@@ -20,12 +20,10 @@ import time
 import torch
 
 from hybridsearch import apply_peft
-from hybridsearch.data.commonsense import collate, load_records
-from hybridsearch.lm.evaluate import DEFAULT_DATA_ROOT
-from hybridsearch.lm.loading import load_lm
-from hybridsearch.lm.proxy_tasks import TRAIN_FILE
-from hybridsearch.lm.train import LMRecipe, _step, _tokenize
+from hybridsearch.data.commonsense import BUNDLED_ROOT, TRAIN_FILE, collate, load_records
 from hybridsearch.peft import param_groups
+from hybridsearch.training.lm import LMRecipe, _step, _tokenize
+from hybridsearch.training.lm_loading import load_lm
 
 CONFIGS: dict[str, dict | None] = {
     "full_ft": None,
@@ -41,7 +39,7 @@ def bench(peft: dict | None, frozen: bool, device: str, steps: int, batch: int, 
     if peft:
         apply_peft(model, peft)
     r = LMRecipe(batch_size=batch, micro_batch_size=micro)
-    examples = _tokenize(load_records(DEFAULT_DATA_ROOT / TRAIN_FILE)[: batch * (steps + 1)], tok, r)
+    examples = _tokenize(load_records(BUNDLED_ROOT / TRAIN_FILE)[: batch * (steps + 1)], tok, r)
     batches = [examples[i * batch : (i + 1) * batch] for i in range(steps + 1)]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if frozen:  # no PEFT, nothing trainable: the forward pass alone (what evaluation costs)

@@ -16,7 +16,8 @@ import torch
 from hybridsearch import apply_peft, create_model
 from hybridsearch.data.mini_vtab import MINI_TASKS, ensure_mini_vtab
 from hybridsearch.data.vtab import load_split, normalize, num_classes
-from hybridsearch.train import Recipe, evaluate, train_classifier
+from hybridsearch.training.classifier import evaluate, train_classifier
+from hybridsearch.training.recipe import Recipe
 
 SETTINGS = {
     "linear_probe": {"methods": {}},

@@ -77,8 +77,9 @@ def main() -> None:
     import ray
     import torch
 
-    from hybridsearch.search.engine import RunOptions, run_study
+    from hybridsearch.search.optuna_engine import run_study
     from hybridsearch.search.ray_engine import RayOptions, run_ray_study
+    from hybridsearch.search.study import RunOptions
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

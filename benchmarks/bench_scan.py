@@ -9,7 +9,7 @@ call it): Vim-S one direction (64, 768, 197) at N 16, 32 and 22 (Additional-scan
 require grad, so the Triton kernel saves its chunk states); "forward_backward" adds the backward with a fixed
 output gradient. Times: CUDA events around each call after warm-up, median and min over the repeats.
 
-Each Triton time is also given as a fraction of the physical floors of the project notes kernels.md, section 4
+Each Triton time is also given as a fraction of the physical floors of shared/docs/kernels.md, section 4
 (floor_ms / triton_ms, so 1.0 would be at the floor) and against the measured mamba-ssm CUDA anchor of
 h200-anchor.json (anchor_ms / triton_ms, > 1 means faster than mamba-ssm was on the H200).
 
@@ -47,11 +47,11 @@ ANCHOR_FALLBACK = {
     "mamba1p4b": {"cuda_fwd_ms": 0.5918, "cuda_fwd_bwd_ms": 2.8857},
 }
 
-# kernels.md section 4.1 (assumptions): H200 HBM total traffic rate, MUFU exp2 rate, FP32 instruction rate.
+# shared/docs/kernels.md section 4.1 (assumptions): H200 HBM total traffic rate, MUFU exp2 rate, FP32 instruction rate.
 HBM_BPS = 4.3e12
 MUFU_PER_S = 3.9e12
 FP32_PER_S = 3.35e13
-# kernels.md section 4.4 (compute side): FP32 instructions per (b, l, d, n) of a sequential register scan.
+# shared/docs/kernels.md section 4.4 (compute side): FP32 instructions per (b, l, d, n) of a sequential register scan.
 FP32_FWD, FP32_BWD = 4, 14
 
 SHAPES = [  # label, batch, dim, L, N, anchor key in h200-anchor.json
@@ -65,7 +65,7 @@ SMOKE_SHAPES = [("smoke_N16", 1, 8, 6, 16, "vim_s"), ("smoke_N22", 1, 8, 5, 22, 
 
 
 def floors_ms(batch: int, dim: int, L: int, N: int, s: int = 2) -> dict[str, float]:
-    """Lower bounds (ms) per kernels.md section 4: HBM traffic (4.1), MUFU exps and FP32 instructions (4.4).
+    """Lower bounds (ms) per shared/docs/kernels.md section 4: HBM traffic (4.1), MUFU exps and FP32 instructions (4.4).
 
     HBM, z fused, h recomputed: forward 4 BLD s + 2 BNL s; backward 7 BLD s + 2 BNL s + 2 BNL 4 (fp32 dB, dC).
     MUFU: one exp per (b, l, d, n) in the forward and again in the backward's recompute.

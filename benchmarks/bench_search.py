@@ -99,9 +99,10 @@ class Meter:
 def instrumented(meter: Meter) -> Iterator[None]:
     from optuna.storages import JournalStorage
 
-    from hybridsearch.search import objective
+    from hybridsearch.search import objective, optuna_engine
+    from hybridsearch.tasks import vision
 
-    real_train = objective.train_classifier
+    real_train = vision.train_classifier
 
     def train(*a, on_epoch=None, **kw):
         def counted(epoch: int, acc: float) -> None:
@@ -111,11 +112,11 @@ def instrumented(meter: Meter) -> Iterator[None]:
 
         return real_train(*a, on_epoch=counted, **kw)
 
-    patches = [(objective, "train_classifier", meter.timed(train, "train")),
+    patches = [(vision, "train_classifier", meter.timed(train, "train")),
                (objective, "check_budget", meter.wrap(objective, "check_budget", "counting")),
-               (objective, "create_model", meter.wrap(objective, "create_model", "setup")),
-               (objective, "apply_peft", meter.wrap(objective, "apply_peft", "setup")),
-               (objective, "load_tasks", meter.wrap(objective, "load_tasks", "data"))]
+               (vision, "create_model", meter.wrap(vision, "create_model", "setup")),
+               (vision, "apply_peft", meter.wrap(vision, "apply_peft", "setup")),
+               (optuna_engine, "load_search_tasks", meter.wrap(optuna_engine, "load_search_tasks", "data"))]
     patches += [(JournalStorage, n, meter.wrap(JournalStorage, n, "storage_write")) for n in _WRITES]
     patches += [(JournalStorage, n, meter.wrap(JournalStorage, n, "storage_read")) for n in _READS]
     saved = [(o, n, getattr(o, n)) for o, n, _ in patches]
@@ -131,7 +132,8 @@ def instrumented(meter: Meter) -> Iterator[None]:
 # -- running an arm -------------------------------------------------------------------------------------------
 def run_arm(name: str, space_file: Path, storage: str, trials: int, epoch_budget: int | None,
             seed: int) -> tuple[optuna.Study, Meter, float]:
-    from hybridsearch.search.engine import RunOptions, run_study
+    from hybridsearch.search.optuna_engine import run_study
+    from hybridsearch.search.study import RunOptions
 
     meter = Meter()
 

@@ -16,7 +16,7 @@ import torch
 
 from hybridsearch import apply_peft
 from hybridsearch.models import VimConfig, build
-from hybridsearch.train import Recipe, make_optimizer
+from hybridsearch.training.recipe import Recipe, make_optimizer
 
 
 def bench(d_state: int, peft: dict | None, steps: int, batch: int = 64) -> float:

@@ -17,23 +17,21 @@ import time
 import optuna
 import torch
 
-from hybridsearch import apply_peft, create_model
-from hybridsearch.search.objective import _img_size, data_root, load_tasks
 from hybridsearch.search.results import baseline_comparison
 from hybridsearch.search.space import load_space
 from hybridsearch.search.storage import open_storage
-from hybridsearch.train import Recipe, train_classifier
+from hybridsearch.training.recipe import Recipe
 
 
 def score(space, tasks, trial: optuna.trial.FrozenTrial, epochs: int, seed: int) -> float:
+    """Mean accuracy over ``tasks`` (train -> val) of the trial's config, trained by the space's task family."""
     recipe = Recipe.from_dict(trial.user_attrs["recipe"])
     recipe.epochs = epochs
     accs = []
     for task in tasks:
         torch.manual_seed(seed)
-        model = create_model(space.model.name, num_classes=task.num_classes, checkpoint=space.model.checkpoint)
-        apply_peft(model, trial.user_attrs["peft"])
-        accs.append(train_classifier(model, task.train, task.val, recipe, seed=seed).val_acc)
+        model = space.family.build_model(space, task, trial.user_attrs["peft"])
+        accs.append(space.family.train(space, model, task, recipe, seed))
     return sum(accs) / len(accs)
 
 
@@ -51,10 +49,10 @@ def main() -> None:
     if cmp is None:
         raise SystemExit(f"study {args.study!r} has no completed single-method baseline (space baselines: true)")
     space = load_space(study.user_attrs["space_ref"])
-    root = data_root(space, study.user_attrs.get("data_root"))
-    fid = space.fidelity
-    search_tasks = load_tasks(space, root, _img_size(space), fid.max_train_examples, max_val=fid.max_val_examples)
-    test_tasks = load_tasks(space, root, _img_size(space), None, train_split="train800val200", val_split="test")
+    family, fid = space.family, space.fidelity
+    root = family.data_root(space, study.user_attrs.get("data_root"))
+    search_tasks = family.load_tasks(space, root, max_train=fid.max_train_examples, max_val=fid.max_val_examples)
+    test_tasks = family.load_tasks(space, root, final=True)
     by_number = {t.number: t for t in study.trials}
     head = [t for t in study.trials if t.user_attrs.get("baseline") == "head_only" and t.values]
     configs = {"winner": by_number[cmp["winner_trial"]], f"single:{cmp['best_single_method']}":

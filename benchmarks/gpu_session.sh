@@ -15,7 +15,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tm
 export PYTHONPATH=/tmp/hs
 # `pytest`, not `python -m pytest`: the checkout's hybridsearch/ must not shadow the installed package (which
 # maps kernels/ to hybridsearch.kernels)
-timeout 240 pytest -q -m gpu -p no:cacheprovider tests/test_selective_scan_triton.py >"$OUT/pytest.txt" 2>&1
+timeout 240 pytest -q -m gpu -p no:cacheprovider tests/kernels/test_selective_scan_triton.py >"$OUT/pytest.txt" 2>&1
 echo "pytest exit $?" >>"$OUT/pytest.txt"
 timeout 300 python3 benchmarks/bench_scan.py >"$OUT/bench_scan.json" 2>"$OUT/bench_scan.err"
 echo "bench_scan exit $?"

@@ -1,5 +1,6 @@
 """hybridsearch: hybrid parameter-efficient fine-tuning search for Mamba and Vision Mamba."""
 
+from ._version import __version__
 from .models import MODELS, create_model
 from .peft import (
     METHODS,
@@ -12,8 +13,6 @@ from .peft import (
     param_groups,
     save_adapters,
 )
-
-__version__ = "0.1.0"
 
 __all__ = ["METHODS", "MODELS", "PeftConfig", "__version__", "apply_peft", "count_config", "count_parameters",
            "create_model", "load_adapters", "merge_peft", "param_groups", "save_adapters"]

@@ -21,3 +21,7 @@ class DataError(HybridSearchError):
 
 class StorageError(HybridSearchError):
     """A study storage cannot be reached or opened."""
+
+
+class TrialFailure(HybridSearchError):
+    """A trial cannot finish (non-finite loss, out of memory, bad data); the study goes on."""

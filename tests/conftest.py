@@ -25,7 +25,7 @@ os.environ.setdefault("HYBRIDSEARCH_WORKERS", "1")
 
 from hybridsearch import METHODS, PeftConfig
 from hybridsearch.models import MambaConfig, VimConfig, build
-from hybridsearch.peft.config import AFFIX_PLACEMENTS, PROMPT_PLACEMENTS
+from hybridsearch.peft.tokens import AFFIX_PLACEMENTS, PROMPT_PLACEMENTS
 
 torch.set_num_threads(1)  # tiny models: thread start-up costs far more than it saves on 2 shared cores
 

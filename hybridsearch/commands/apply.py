@@ -28,9 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy import apply_adapters, export_hf_peft, unmergeable, write_model
+    from ..deploy import apply_adapters, export_hf_peft, write_model
     from ..errors import ConfigError
-    from ..peft import merge_peft
+    from ..peft import merge_peft, unmergeable
 
     if args.out is None and args.hf_peft is None:
         raise ConfigError("nothing to write: pass --out PATH and/or --hf-peft DIR")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
+
+from ..display import console as make_console
 
 NAME = "calibrate"
 HELP = "train K sampled configurations at proxy and full fidelity; rank correlation (can the proxy be trusted?)"
@@ -27,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from ..search.calibrate import calibrate, render
+    from ..search.calibrate import calibrate
     from ..search.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -40,3 +43,29 @@ def run(args: argparse.Namespace) -> int:
     else:
         render(result)
     return 0
+
+
+def render(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    p, f = result["proxy"], result["full"]
+    t = Table(title=f"proxy vs full fidelity on {result['space']}: {result['scored']}/{result['configs']} scored")
+    for c, j in (("#", "right"), ("methods", "left"), ("trainable", "right"), ("proxy acc", "right"),
+                 ("rank", "right"), ("full acc", "right"), ("rank", "right"), ("note", "left")):
+        t.add_column(c, justify=j)
+    for r in result["rows"]:
+        t.add_row(str(r["index"]), ", ".join(r["methods"]), f"{r['trainable']:,}", _num(r["proxy"]),
+                  _num(r["proxy_rank"], "g"), _num(r["full"]), _num(r["full_rank"], "g"), (r["failure"] or "")[:50])
+    console = make_console()
+    console.print(t)
+    console.print(f"proxy: {p['epochs']} epochs, tasks {', '.join(p['tasks'])}, "
+                  f"{p['max_train_examples'] or 'all'} train examples; full: {f['epochs']} epochs, "
+                  f"tasks {', '.join(f['tasks'])}, {f['max_train_examples'] or 'all'} train examples")
+    console.print(f"Spearman {_num(result['spearman'])} (p {_num(result['spearman_p'])}), "
+                  f"Kendall {_num(result['kendall'])} (p {_num(result['kendall_p'])}); "
+                  f"proxy's best is full's best: {result['top1_agrees']}; regret {_num(result['regret'])}")
+    console.print(f"[bold]{result['verdict']}[/bold]")
+
+
+def _num(v: float | None, fmt: str = ".4f") -> str:
+    return "-" if v is None else format(v, fmt)

@@ -17,12 +17,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import create_model
-    from ..peft import PeftConfig, apply_peft, count_parameters
+    from ..peft import PeftConfig, count_config
 
     config = PeftConfig.from_yaml(args.peft) if args.peft else PeftConfig()
-    model = create_model(args.model, num_classes=args.num_classes, device="meta")
-    counts = count_parameters(apply_peft(model, config))
+    counts = count_config(args.model, config, num_classes=args.num_classes)
     if args.json:
         print(json.dumps(counts))
         return 0

@@ -29,8 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm.evaluate import evaluate_tasks
-    from ..lm.loading import load_lm
+    from ..training.lm_eval import evaluate_tasks
+    from ..training.lm_loading import load_lm
 
     model, tok = load_lm(args.model, tokenizer=args.tokenizer, adapters=args.adapters, device=args.device)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

@@ -22,9 +22,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.export import export
+    from ..deploy import export_winner
 
-    meta = export(load_study(args.study, args.storage), args.out, args.trial, args.retrain, args.data_root)
+    meta = export_winner(load_study(args.study, args.storage), args.out, args.trial, args.retrain, args.data_root)
     print(json.dumps({k: meta[k] for k in ("trial", "score", "counts") if k in meta}, default=str))
     print(f"wrote {args.out / 'peft.yaml'} and {args.out / 'meta.json'}")
     return 0

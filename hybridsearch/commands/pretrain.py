@@ -11,13 +11,15 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.commonsense import BUNDLED_ROOT
+from ..models import ASSETS
+
 NAME = "pretrain"
 HELP = ("rebuild a bundled proxy: vim-proxy (Fashion-MNIST), mamba-proxy (WordNet byte LM) or commonsense-proxy "
         "(WordNet task set)")
 
-_ASSETS = Path(__file__).resolve().parent.parent / "assets"
-_OUT = {"vim-proxy": _ASSETS / "vim-proxy.pth", "mamba-proxy": _ASSETS / "mamba-proxy",
-        "commonsense-proxy": _ASSETS / "commonsense_proxy"}
+_OUT = {"vim-proxy": ASSETS / "vim-proxy.pth", "mamba-proxy": ASSETS / "mamba-proxy",
+        "commonsense-proxy": BUNDLED_ROOT}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -38,12 +40,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out or _OUT[args.model]
     if args.model == "vim-proxy":
-        from ..pretrain import FASHION_DIR, pretrain_vim_proxy
+        from ..proxies.vim_proxy import FASHION_DIR, pretrain_vim_proxy
 
         info = pretrain_vim_proxy(args.data or FASHION_DIR, out, args.epochs, args.seed, args.limit)
         meta = out.with_suffix(".json")
     elif args.model == "mamba-proxy":
-        from ..lm.pretrain import PretrainRecipe, pretrain_mamba_proxy
+        from ..proxies.mamba_proxy import PretrainRecipe, pretrain_mamba_proxy
 
         recipe = PretrainRecipe(seed=args.seed)
         if args.steps is not None:
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         info = pretrain_mamba_proxy(args.wordnet, out, recipe)
         meta = out / "pretrain.json"
     else:
-        from ..lm.proxy_tasks import build_commonsense_proxy
+        from ..proxies.commonsense_proxy import build_commonsense_proxy
 
         info = build_commonsense_proxy(args.wordnet, out, seed=args.seed)
         meta = None  # the task set writes its own manifest.json

@@ -17,8 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    study = load_study(args.study, args.storage)
+    a = load_study(args.study, args.storage).user_attrs
     if args.data_root is None:
-        args.data_root = study.user_attrs.get("data_root")
-    a = study.user_attrs
+        args.data_root = a.get("data_root")
     return execute(args, a["space_ref"], args.study, a.get("stage"), a.get("chosen"))

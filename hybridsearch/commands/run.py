@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..search.run import ENGINES
 from ._common import add_storage
+
+ENGINE_NAMES = tuple(ENGINES.names())
 
 NAME = "run"
 HELP = "run (or continue) a search over a YAML search space"
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
+    from ..search.ray_engine import RayOptions
+
+    ray = RayOptions()
     add_storage(p)
     p.add_argument("--trials", type=int, default=None, help="target number of finished trials (stored with the study)")
     p.add_argument("--workers", type=int, default=None,
@@ -25,18 +33,20 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default 0)")
     p.add_argument("--data-root", default=None, help="dataset root (VTAB-1k folder or commonsense files)")
     p.add_argument("--out", type=Path, default=None, help="folder for the leaderboard and winner (default runs/STUDY)")
-    p.add_argument("--engine", choices=("optuna", "ray"), default="optuna",
-                   help="optuna: worker processes on this machine; ray: trials as Ray tasks (docs/ray.md)")
+    p.add_argument("--engine", choices=ENGINE_NAMES, default="optuna",
+                   help="optuna: worker processes on this machine; ray: trials as Ray tasks (docs/engines.md)")
     g = p.add_argument_group("--engine ray")
-    g.add_argument("--address", default=None,
+    g.add_argument("--address", default=ray.address,
                    help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray, stop it at the end)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (default 1)")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs per trial; a fraction packs trials on one GPU, e.g. 0.25 (default 0)")
-    g.add_argument("--max-concurrent", type=int, default=None,
+    g.add_argument("--cpus-per-trial", type=float, default=ray.cpus_per_trial,
+                   help=f"CPUs reserved per trial (default {ray.cpus_per_trial:g})")
+    g.add_argument("--gpus-per-trial", type=float, default=ray.gpus_per_trial,
+                   help="GPUs per trial; a fraction packs trials on one GPU, e.g. 0.25 "
+                        f"(default {ray.gpus_per_trial:g})")
+    g.add_argument("--max-concurrent", type=int, default=ray.max_concurrent,
                    help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
-    g.add_argument("--max-retries", type=int, default=2,
-                   help="resubmit a trial whose worker or node died up to N times (default 2)")
+    g.add_argument("--max-retries", type=int, default=ray.max_retries,
+                   help=f"resubmit a trial whose worker or node died up to N times (default {ray.max_retries})")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -47,8 +57,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def default_workers(workers: int | None) -> int:
     """--workers, else $HYBRIDSEARCH_WORKERS, else one per usable CPU core (at most 8)."""
-    from ..errors import ConfigError
-
     if workers is None and (env := os.environ.get("HYBRIDSEARCH_WORKERS")):
         if not env.isdigit():
             raise ConfigError(f"HYBRIDSEARCH_WORKERS={env!r}: must be a positive integer")
@@ -62,90 +70,61 @@ def default_workers(workers: int | None) -> int:
 
 
 def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: int | None = None,
-            chosen: list[str] | None = None) -> int:
-    """Run one study, or every stage of a staged space in turn (stage k+1 tunes stage k's chosen methods)."""
-    from ..errors import HybridSearchError
-    from ..search.results import best_trials
-    from ..search.space import load_space
+            chosen: list[str] | None = None, preflight: bool = False) -> int:
+    """Run the study (every stage of a staged space) with the command line's options; print each study's
+    leaderboard and write it to ``--out`` (default runs/STUDY) as it ends."""
+    import optuna
 
-    space = load_space(space_ref)
-    if stage is not None or not space.stages:
-        _run_one(args, space_ref, study_name, stage, chosen, args.trials)
-        return 0
-    for k, st in enumerate(space.stages, 1):
-        name = f"{study_name}.{st.name or f'stage{k}'}"
-        print(f"stage {k}/{len(space.stages)}: study {name}" + (f", methods {', '.join(chosen)}" if chosen else ""))
-        study = _run_one(args, space_ref, name, k, chosen, args.trials or st.trials)
-        best = best_trials(study)
-        if not best:
-            raise HybridSearchError(f"stage {k} ({name}) finished without a completed trial; "
-                                    f"see hybridsearch show {name}")
-        chosen = space.stage_space(k, chosen).selected_methods(best[0].params)
+    from ..search import RunOptions, run_search
+
+    devices = args.devices.split(",") if args.devices else None
+    opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=args.trials,
+                      workers=len(devices) if devices else default_workers(args.workers), timeout=args.timeout,
+                      seed=args.seed, data_root=args.data_root, devices=devices, stage=stage, chosen=chosen)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_search(opts, engine=args.engine, engine_options=_ray_options(args), preflight=preflight,
+               monitor=lambda _: _Progress(), on_study=lambda study: _report(args, study))
     return 0
 
 
-def _run_one(args: argparse.Namespace, space_ref: str, study_name: str, stage: int | None,
-             chosen: list[str] | None, trials: int | None):
-    import optuna
+def _report(args: argparse.Namespace, study) -> None:
+    from ..search.results import leaderboard, summary
+    from ..search.study import finished
+    from ._leaderboard import render
 
-    from ..search.engine import RunOptions, finished, run_study
-    from ..search.results import leaderboard, render, summary
-
-    devices = args.devices.split(",") if args.devices else None
-    workers = len(devices) if devices else default_workers(args.workers)
-    opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=trials,
-                      workers=workers, timeout=args.timeout, seed=args.seed, data_root=args.data_root,
-                      devices=devices, stage=stage, chosen=chosen)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _Progress() as prog:
-        if getattr(args, "engine", "optuna") == "ray":
-            study = _run_ray(args, opts, prog)
-        else:
-            _no_ray_options(args)
-            study = run_study(opts, on_trial=prog.on_trial, poll=prog.poll)
-        prog.poll(study)
     render(study)
-    out = args.out or Path("runs") / study_name.replace("/", "_")
+    out = args.out or Path("runs") / study.study_name.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     (out / "leaderboard.json").write_text(
         json.dumps({"summary": summary(study), "trials": leaderboard(study)}, indent=2, default=str) + "\n")
     target = study.user_attrs.get("target_trials")
     print(f"{finished(study)}/{target} trials finished; leaderboard in {out / 'leaderboard.json'}; "
-          f"export the winner with: hybridsearch export {study_name} --out {out / 'winner'}")
-    return study
+          f"export the winner with: hybridsearch export {study.study_name} --out {out / 'winner'}")
 
 
-_RAY_DEFAULTS = {"address": None, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": None,
-                 "max_retries": 2}
+def _ray_options(args: argparse.Namespace):
+    """``RayOptions`` from the command line for ``--engine ray``; None otherwise (where a Ray option is an error)."""
+    from ..search.ray_engine import RayOptions
 
-
-def _no_ray_options(args: argparse.Namespace) -> None:
-    from ..errors import ConfigError
-
-    used = [f"--{k.replace('_', '-')}" for k, v in _RAY_DEFAULTS.items() if getattr(args, k, v) != v]
-    if used:
-        raise ConfigError(f"{', '.join(used)} only apply with --engine ray")
-
-
-def _run_ray(args: argparse.Namespace, opts, prog):
-    from ..errors import ConfigError
-    from ..search.ray_engine import RayOptions, run_ray_study
-
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RayOptions) if hasattr(args, f.name)}
+    if args.engine != "ray":
+        defaults = RayOptions()
+        used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v != getattr(defaults, k)]
+        if used:
+            raise ConfigError(f"{', '.join(used)} only apply with --engine ray")
+        return None
     if args.devices or args.workers is not None:
         raise ConfigError("--engine ray: use --max-concurrent and --gpus-per-trial instead of --workers / --devices")
-    ro = RayOptions(**{k: getattr(args, k) for k in _RAY_DEFAULTS})
-    return run_ray_study(opts, ro, on_trial=prog.on_trial, poll=prog.poll)
+    return RayOptions(**given)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.preflight import preflight
     from ..search.space import load_space
 
     space = load_space(args.space)  # validates before anything is written
-    devices = args.devices.split(",") if args.devices else None
-    preflight(space, args.data_root, devices)  # budget, checkpoint, data, devices: a bad start creates no study
-    return execute(args, args.space if not Path(args.space).exists() else str(Path(args.space).resolve()),
-                   args.study or space.name)
+    space_ref = args.space if not Path(args.space).exists() else str(Path(args.space).resolve())
+    # preflight (budget, checkpoint, data, devices): a bad start creates no study
+    return execute(args, space_ref, args.study or space.name, preflight=True)
 
 
 class _Progress:
@@ -174,8 +153,8 @@ class _Progress:
         self.progress.__exit__(*exc)
 
     def poll(self, study) -> None:
-        from ..search.engine import finished
         from ..search.results import best_trials
+        from ..search.study import finished
 
         trials = study.get_trials(deepcopy=False)
         news = [t for t in trials if t.state.is_finished() and t.number not in self.shown

@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.results import leaderboard, render, summary
+    from ..search.results import leaderboard, summary
+    from ._leaderboard import render
 
     study = load_study(args.study, args.storage)
     if args.json:

@@ -67,6 +67,9 @@ ANSWER_TEMPLATE = "the correct answer is {label}"
 IGNORE_INDEX = -100
 _FIELDS = ("instruction", "input", "output", "answer")
 _ANSWER_FORMAT = re.compile(r"Answer format:\s*(\S[^\n]*)")
+# the bundled WordNet task set (``hybridsearch pretrain commonsense-proxy``) in this layout, and its training file
+BUNDLED_ROOT = Path(__file__).resolve().parent.parent / "assets" / "commonsense_proxy"
+TRAIN_FILE = "commonsense_proxy_train.json"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class CommonsenseRecord:
     input: str
     output: str
     answer: str
+
+
+def as_records(records: Sequence[CommonsenseRecord | dict]) -> list[CommonsenseRecord]:
+    return [r if isinstance(r, CommonsenseRecord) else CommonsenseRecord(**r) for r in records]
 
 
 def canonical_task(name: str) -> str:
@@ -179,6 +186,13 @@ def parse_label_set(instruction: str) -> tuple[str, ...]:
     if not found:
         return ()
     return tuple(s.strip() for s in found[-1].strip().split("/") if s.strip())
+
+
+def record_tasks(record: CommonsenseRecord) -> tuple[str, ...]:
+    """The tasks whose label set starts with the record's first "Answer format:" label: a mixed training file
+    holds several tasks, and ``answer1..`` is shared by social_i_qa, ARC and openbookqa."""
+    labels = parse_label_set(record.instruction)
+    return tuple(t for t, p in ANSWER_PATTERNS.items() if labels and p.split("|")[0] == labels[0])
 
 
 @dataclass

@@ -45,12 +45,12 @@ def _lm(d: int, n: int, desc: str) -> ModelSpec:
 MODELS.register("vim-tiny", _vim(192, "Vim-T (hustvl Vim-tiny-midclstok layout)"))
 MODELS.register("vim-small", _vim(384, "Vim-S (hustvl Vim-small-midclstok layout)"))
 MODELS.register("vim-base", _vim(768, "Vim-B (hustvl Vim-base-midclstok layout)"))
-_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # bundled proxy weights
 
 
 def _asset(name: str, rebuild: str) -> Callable[[], Path]:
     def path() -> Path:
-        p = _ASSETS / name
+        p = ASSETS / name
         if not p.exists():
             raise CheckpointError(f"{p}: bundled checkpoint missing; rebuild it with `{rebuild}`")
         return p
@@ -157,5 +157,5 @@ def model_config(name_or_path: str | Path, num_classes: int | None = None) -> Vi
     return _with_classes(ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path), name), num_classes)
 
 
-__all__ = ["MODELS", "MambaConfig", "MambaLM", "ModelSpec", "VimConfig", "VisionMamba", "build",
+__all__ = ["ASSETS", "MODELS", "MambaConfig", "MambaLM", "ModelSpec", "VimConfig", "VisionMamba", "build",
            "create_model", "model_config"]

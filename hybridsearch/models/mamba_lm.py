@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from ..peft.base import add_branches, effective
+from .hooks import add_branches, effective
 from .layers import Block, RMSNorm
 from .mixer import MambaMixer
 

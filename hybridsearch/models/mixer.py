@@ -2,7 +2,7 @@
 
 Parameter names follow mamba_ssm / hustvl Vim exactly so real checkpoints load: ``in_proj``, ``conv1d``,
 ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj`` and, for the backward scan of Vim, ``conv1d_b``,
-``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``. PEFT methods attach to ``self.peft`` (see peft/base.py).
+``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``. PEFT methods attach to ``self.peft`` (see hooks.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import selective_scan
-from ..peft.base import add_branches, effective
+from .hooks import AffixHook, TokenInserter, add_branches, effective
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
 _SUFFIX = {"f": "", "b": "_b"}
-# inner affix placements whose tokens all precede the sequence in scan order (both directions)
-_PREFIX_AS_STATE = ("single_prefix", "dual_prefix")
 
 
 class MambaMixer(nn.Module):
@@ -87,8 +85,8 @@ class MambaMixer(nn.Module):
         return effective(self, name, self.param(name, direction), direction)
 
     # -- forward -----------------------------------------------------------------------------------
-    def forward(self, h: Tensor, affix: dict | None = None) -> Tensor:
-        """h: (B, L, d_model) -> (B, L, d_model). ``affix``: this layer's ``LayerAffix`` (peft/tokens.py)."""
+    def forward(self, h: Tensor, affix: AffixHook | None = None) -> Tensor:
+        """h: (B, L, d_model) -> (B, L, d_model). ``affix``: this layer's affix tokens (hooks.AffixHook)."""
         if affix is not None and affix.outer:
             h, keep = affix.insert_outer(h)
         w_in = effective(self, "in_proj.weight", self.in_proj.weight)
@@ -99,9 +97,9 @@ class MambaMixer(nn.Module):
             seq = xz if d == "f" else xz.flip(-1)
             inner = prefix = None
             if affix is not None and not affix.outer:
-                if self.affix_as_state and affix.placement in _PREFIX_AS_STATE and self.scan_backend != "mamba_ssm":
-                    prefix = affix.parts[1] if affix.placement == "dual_prefix" and d == "b" else affix.parts[0]
-                else:
+                if self.affix_as_state and self.scan_backend != "mamba_ssm":
+                    prefix = affix.prefix(d)
+                if prefix is None:
                     inner = affix.inner(d)
             y = self._scan_direction(seq, d, inner, prefix)
             ys.append(y if d == "f" else y.flip(-1))
@@ -112,7 +110,8 @@ class MambaMixer(nn.Module):
         w_out = effective(self, "out_proj.weight", self.out_proj.weight)
         return add_branches(self, "out_proj", y, F.linear(y, w_out))
 
-    def _scan_direction(self, xz: Tensor, d: str, affix_tokens=None, prefix: Tensor | None = None) -> Tensor:
+    def _scan_direction(self, xz: Tensor, d: str, affix_tokens: TokenInserter | None = None,
+                        prefix: Tensor | None = None) -> Tensor:
         """One scan over xz (B, 2E, L) in scan order; returns the gated output (B, E, L).
 
         ``affix_tokens`` inserts tokens into the sequence explicitly (their outputs are dropped). ``prefix``

@@ -1,16 +1,24 @@
-"""Every MambaPEFT method, composable into hybrids (see config.py for the YAML format)."""
+"""Every MambaPEFT method, composable into hybrids (see hybrid.py for the YAML format).
 
-from .api import (
-    apply_peft,
-    count_config,
-    count_parameters,
-    load_adapters,
-    merge_peft,
-    param_groups,
-    save_adapters,
-)
-from .config import PeftConfig
-from .methods import METHODS
+One folder per method family (``lora/``, ``tokens/``, ``additional_scan/``, ``partial/``: config.py, layer.py
+and the attach functions with their registration in ``__init__.py``). Importing a family registers its
+methods, and registration order is the canonical order a hybrid is applied and exported in: parallel_adapter,
+lora_embed, the mixer LoRAs, prompt, affix, additional_scan, the tune_* methods. So the families are imported
+first and in this order (kept out of isort's reach).
+"""
 
-__all__ = ["METHODS", "PeftConfig", "apply_peft", "count_config", "count_parameters", "load_adapters",
-           "merge_peft", "param_groups", "save_adapters"]
+# isort: off
+from . import lora, tokens, additional_scan, partial  # noqa: F401  (registration, in canonical order)
+# isort: on
+
+from .apply import apply_peft, method_of, param_groups
+from .config import MethodConfig, layer_ranges, parse_layers
+from .counting import count_config, count_parameters
+from .hybrid import PeftConfig
+from .io import ADAPTER_FILE, CONFIG_FILE, META_FILE, load_adapters, save_adapters, trainable_state_dict
+from .merge import merge_peft, unmergeable
+from .registry import METHODS, MethodSpec
+
+__all__ = ["ADAPTER_FILE", "CONFIG_FILE", "METHODS", "META_FILE", "MethodConfig", "MethodSpec", "PeftConfig",
+           "apply_peft", "count_config", "count_parameters", "layer_ranges", "load_adapters", "merge_peft",
+           "method_of", "param_groups", "parse_layers", "save_adapters", "trainable_state_dict", "unmergeable"]

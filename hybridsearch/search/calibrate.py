@@ -19,7 +19,8 @@ from typing import Any
 import optuna
 
 from ..errors import ConfigError, HybridSearchError
-from .space import Budget, SearchSpace, check_budget
+from .objective import Objective
+from .space import Budget, Fidelity, SearchSpace, check_budget
 
 FULL_EPOCHS_FACTOR = 3  # default full fidelity: 3x the proxy's epochs
 _MAX_DRAWS_PER_CONFIG = 50  # over-budget draws are skipped (the search prunes them), up to this many tries
@@ -37,20 +38,6 @@ class Row:
     full: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
-
-
-@dataclass
-class Fidelity:
-    """One training fidelity: epochs, tasks, train / val examples per task (None: all)."""
-
-    epochs: int
-    tasks: list[str]
-    max_train: int | None
-    max_val: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "tasks": self.tasks, "max_train_examples": self.max_train,
-                "max_val_examples": self.max_val}
 
 
 # -- rank correlation ---------------------------------------------------------------------------------------
@@ -146,23 +133,23 @@ def sample_configs(space: SearchSpace, k: int, seed: int) -> list[Row]:
 
 def at_fidelity(space: SearchSpace, fid: Fidelity) -> SearchSpace:
     """The space trained at ``fid``; no budget (configurations were checked against it when sampled)."""
-    f = replace(space.fidelity, epochs=fid.epochs, min_epochs=1, max_train_examples=fid.max_train,
-                max_val_examples=fid.max_val, tasks=tuple(fid.tasks))
-    return replace(space, fidelity=f, budget=Budget(), stages=())
+    return replace(space, fidelity=fid, budget=Budget(), stages=())
+
+
+def fidelity_dict(fid: Fidelity) -> dict[str, Any]:
+    return {"epochs": fid.epochs, "tasks": list(fid.tasks), "max_train_examples": fid.max_train_examples,
+            "max_val_examples": fid.max_val_examples}
 
 
 def score(space: SearchSpace, tasks: list, params: dict[str, Any], device: str, seed: int) -> float:
     """Mean validation accuracy of one configuration, trained by the search's ``Objective``."""
-    from .objective import Objective
-
     value = Objective(space, tasks, device, seed=seed)(optuna.trial.FixedTrial(dict(params)))
     return float(value[0] if isinstance(value, tuple) else value)
 
 
 def _load(space: SearchSpace, root: Path, fid: Fidelity) -> list:
-    from .objective import _img_size, load_tasks
-
-    return load_tasks(space, root, _img_size(space), fid.max_train, tasks=fid.tasks, max_val=fid.max_val)
+    return space.family.load_tasks(space, root, tasks=list(fid.tasks), max_train=fid.max_train_examples,
+                                   max_val=fid.max_val_examples)
 
 
 def _train_all(space: SearchSpace, fid: Fidelity, rows: list[Row], root: Path, key: str, device: str,
@@ -188,21 +175,22 @@ def calibrate(space: SearchSpace, configs: int, *, proxy_epochs: int | None = No
               full_train_examples: int | None = None, seed: int = 0, data_root: str | None = None,
               device: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``configs`` sampled configurations at proxy and full fidelity; rank correlation of the scores."""
-    from .objective import data_root as resolve_root
+    from ..tasks import FAMILIES
 
-    if space.data.kind == "commonsense":
-        raise ConfigError(f"{space.source}: calibrate supports image spaces (vtab, mini_vtab) only")
+    if not space.family.calibrates:
+        kinds = [k for _, f in FAMILIES.items() if f.calibrates for k in f.data_kinds]
+        raise ConfigError(f"{space.source}: calibrate supports {', '.join(kinds)} spaces only")
     if configs < 3:
         raise ConfigError(f"--configs {configs}: a rank correlation needs at least 3 configurations")
     for name, v in (("--proxy-epochs", proxy_epochs), ("--full-epochs", full_epochs),
                     ("--full-train-examples", full_train_examples)):
         if v is not None and v < 1:
             raise ConfigError(f"{name} {v}: must be at least 1")
-    proxy = Fidelity(proxy_epochs or space.fidelity.epochs, space.search_tasks, space.fidelity.max_train_examples,
-                     space.fidelity.max_val_examples)
-    full = Fidelity(full_epochs or FULL_EPOCHS_FACTOR * proxy.epochs, list(space.data.tasks), full_train_examples,
-                    None)
-    root = resolve_root(space, data_root)
+    proxy = replace(space.fidelity, epochs=proxy_epochs or space.fidelity.epochs, min_epochs=1,
+                    tasks=tuple(space.search_tasks))
+    full = Fidelity(full_epochs or FULL_EPOCHS_FACTOR * proxy.epochs, 1, full_train_examples, None,
+                    tuple(space.data.tasks))
+    root = space.family.data_root(space, data_root)
     t0 = time.perf_counter()
     rows = sample_configs(space, configs, seed)
     for key, fid in (("proxy", proxy), ("full", full)):
@@ -216,7 +204,7 @@ def _result(space: SearchSpace, rows: list[Row], proxy: Fidelity, full: Fidelity
     corr = rank_correlations([r.proxy for r in ok], [r.full for r in ok])
     out: dict[str, Any] = {
         "space": space.name, "configs": len(rows), "scored": len(ok), "seed": seed,
-        "proxy": proxy.to_dict(), "full": full.to_dict(), **corr,
+        "proxy": fidelity_dict(proxy), "full": fidelity_dict(full), **corr,
         "top1_agrees": None, "regret": None, "seconds": round(seconds, 1),
         "rows": [{"index": r.index, "methods": r.methods, "trainable": r.trainable, "proxy": r.proxy,
                   "full": r.full, "proxy_rank": None, "full_rank": None, "seconds": r.seconds,
@@ -244,31 +232,3 @@ def verdict(rho: float | None, n: int) -> str:
     if rho >= CAREFUL:
         return f"use the proxy with care: raise its fidelity or re-train the top few at full fidelity{small}"
     return f"do not trust the proxy: its ranking disagrees with full training{small}"
-
-
-def render(result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from .. import display
-
-    p, f = result["proxy"], result["full"]
-    t = Table(title=f"proxy vs full fidelity on {result['space']}: {result['scored']}/{result['configs']} scored")
-    for c, j in (("#", "right"), ("methods", "left"), ("trainable", "right"), ("proxy acc", "right"),
-                 ("rank", "right"), ("full acc", "right"), ("rank", "right"), ("note", "left")):
-        t.add_column(c, justify=j)
-    for r in result["rows"]:
-        t.add_row(str(r["index"]), ", ".join(r["methods"]), f"{r['trainable']:,}", _num(r["proxy"]),
-                  _num(r["proxy_rank"], "g"), _num(r["full"]), _num(r["full_rank"], "g"), (r["failure"] or "")[:50])
-    console = display.console()
-    console.print(t)
-    console.print(f"proxy: {p['epochs']} epochs, tasks {', '.join(p['tasks'])}, "
-                  f"{p['max_train_examples'] or 'all'} train examples; full: {f['epochs']} epochs, "
-                  f"tasks {', '.join(f['tasks'])}, {f['max_train_examples'] or 'all'} train examples")
-    console.print(f"Spearman {_num(result['spearman'])} (p {_num(result['spearman_p'])}), "
-                  f"Kendall {_num(result['kendall'])} (p {_num(result['kendall_p'])}); "
-                  f"proxy's best is full's best: {result['top1_agrees']}; regret {_num(result['regret'])}")
-    console.print(f"[bold]{result['verdict']}[/bold]")
-
-
-def _num(v: float | None, fmt: str = ".4f") -> str:
-    return "-" if v is None else format(v, fmt)

@@ -1,33 +1,24 @@
-"""One search trial: sample a hybrid, check its exact size against the budget, train it on every task's
-train split at the space's fidelity, score it on the val split (never test), report to the pruner."""
+"""One search trial: sample a hybrid, check its exact size against the budget, train it on every search task at
+the space's fidelity through the task family, score it on the validation split (never test), report each epoch
+to the pruner. A broken trial fails that trial, never the study: every failure is recorded with its reason."""
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import time
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from ..errors import DataError, HybridSearchError
-from ..models import create_model
-from ..peft import apply_peft, count_parameters
-from ..train import Recipe, TrialFailure, train_classifier
-from .space import check_budget
-
-
-@dataclass
-class TaskData:
-    name: str
-    num_classes: int
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
+from ..errors import HybridSearchError, TrialFailure
+from ..peft import count_parameters
+from ..tasks import TaskData
+from ..training.recipe import Recipe
+from .space import SearchSpace, check_budget
+from .study import owner
 
 
 def _release(e: BaseException) -> BaseException:
@@ -35,88 +26,6 @@ def _release(e: BaseException) -> BaseException:
     exception outlives the trial (Optuna keeps and logs it), and its memory must not."""
     traceback.clear_frames(e.__traceback__)
     return e
-
-
-def data_root(space, override: str | None) -> Path:
-    """Where the space's tasks live; mini-VTAB is built on first use."""
-    data = space.data
-    if data.kind == "mini_vtab" and not (override or data.root):
-        from ..data.mini_vtab import ensure_mini_vtab
-
-        return ensure_mini_vtab()
-    if data.kind == "commonsense" and not (override or data.root):
-        from ..lm.evaluate import DEFAULT_DATA_ROOT
-
-        return DEFAULT_DATA_ROOT
-    root = override or data.root
-    if not root or not Path(root).is_dir():
-        raise DataError(
-            f"{space.source}: data.root {root!r} does not exist; pass --data-root DIR pointing at the VTAB-1k "
-            "folder (see README: Quick start, real VTAB-1k), or run the embedded default: "
-            "hybridsearch run --space mini_vtab"
-        )
-    return Path(root)
-
-
-# which label words belong to which commonsense task family (the "Answer format:" line of each record)
-_LABEL_FAMILY = {"true": ("boolq",), "solution1": ("piqa",), "ending1": ("hellaswag",), "option1": ("winogrande",),
-                 "answer1": ("social_i_qa", "ARC-Challenge", "ARC-Easy", "openbookqa")}
-
-
-def _family(record) -> tuple[str, ...]:
-    from ..data.commonsense import parse_label_set
-
-    labels = parse_label_set(record.instruction)
-    return _LABEL_FAMILY.get(labels[0], ()) if labels else ()
-
-
-def load_commonsense(space, root: Path, max_train: int | None, max_val: int | None, test: bool = False) -> list:
-    """One TaskData for the LM: the mixed training file less a held-out validation part (the objective),
-    restricted to the label families of the space's tasks; ``test``: train on all of it, score test.json."""
-    from ..data.commonsense import canonical_task, load_records, load_test, split_train_val
-    from ..lm.proxy_tasks import TRAIN_FILE
-
-    wanted = {canonical_task(t) for t in space.search_tasks}
-    path = root / TRAIN_FILE if (root / TRAIN_FILE).is_file() else root / "commonsense_170k.json"
-    records = [r for r in load_records(path) if wanted & set(_family(r))]
-    if not records:
-        raise DataError(f"{path}: no training record matches the tasks {sorted(wanted)}")
-    if test:
-        train, val = records, [r for t in sorted(wanted) for r in load_test(root, t)]
-    else:
-        train, val = split_train_val(records, val_size=min(max_val or 300, len(records) // 5), seed=42)
-    train = train[:max_train] if max_train else train
-    return [TaskData("+".join(sorted(wanted)), 0, (train, None), (val, None))]
-
-
-def load_tasks(space, root: Path, image_size: int, max_train: int | None, tasks: list[str] | None = None,
-               train_split: str | None = None, val_split: str | None = None,
-               max_val: int | None = None) -> list[TaskData]:
-    from ..data.vtab import load_split, normalize, num_classes
-
-    if space.data.kind == "commonsense":
-        return load_commonsense(space, root, max_train, max_val, test=val_split == "test")
-
-    out = []
-    for task in tasks or space.search_tasks:
-        Xtr, ytr = load_split(root, task, train_split or space.data.train_split, image_size)
-        Xva, yva = load_split(root, task, val_split or space.data.val_split, image_size)
-        if max_train:
-            Xtr, ytr = Xtr[:max_train], ytr[:max_train]
-        if max_val:
-            Xva, yva = Xva[:max_val], yva[:max_val]
-        out.append(TaskData(task, num_classes(root, task), (normalize(Xtr), ytr), (normalize(Xva), yva)))
-    return out
-
-
-def _img_size(space) -> int:
-    from ..models import model_config
-
-    return getattr(model_config(space.model.name), "img_size", 224)
-
-
-def _fidelity(space, key: str, default: Any = None) -> Any:
-    return getattr(space.fidelity, key, default) if space.fidelity is not None else default
 
 
 def trial_seed(trial: optuna.Trial, base: int) -> int:
@@ -133,22 +42,21 @@ def trial_seed(trial: optuna.Trial, base: int) -> int:
 class Objective:
     """Callable for ``study.optimize``; raises ``TrialPruned`` or ``TrialFailure`` to end a trial early."""
 
-    def __init__(self, space, tasks: list[TaskData], device: str = "cpu", seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, tasks: list[TaskData], device: str = "cpu", seed: int = 0) -> None:
         self.space, self.tasks, self.device, self.seed = space, tasks, device, seed
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         t0 = time.perf_counter()
-        trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid()})
+        trial.set_user_attr("worker", owner())
         sampled = self.space.sample(trial)
         seed = trial_seed(trial, self.seed)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("peft", sampled.peft.to_dict())
         trial.set_user_attr("recipe", dict(sampled.recipe))
         recipe = Recipe.from_dict(sampled.recipe)
-        epochs = _fidelity(self.space, "epochs", recipe.epochs)
-        recipe.epochs = int(epochs)
+        recipe.epochs = int(self.space.fidelity.epochs)
         trial.set_user_attr("fidelity", {"epochs": recipe.epochs, "tasks": [t.name for t in self.tasks],
-                                         "train_examples": [len(t.train[0]) for t in self.tasks]})
+                                         "train_examples": [t.train_examples for t in self.tasks]})
         within, counts = check_budget(self.space, sampled.peft)  # exact counts, before any training
         trial.set_user_attr("counts", counts)
         trial.set_user_attr("trainable", counts["trainable"])
@@ -163,8 +71,7 @@ class Objective:
         accs, timings = [], {}
         try:
             for ti, task in enumerate(self.tasks):
-                acc = self._train_task(trial, task, recipe, seed, ti, report=not multi, prune=prune)
-                accs.append(acc)
+                accs.append(self._train_task(trial, task, recipe, seed, ti, report=not multi, prune=prune))
                 timings[task.name] = round(time.perf_counter() - t0 - sum(timings.values()), 3)
         except optuna.TrialPruned as e:
             _release(e)
@@ -172,7 +79,7 @@ class Objective:
             raise
         except torch.OutOfMemoryError as e:
             self._fail(trial, f"out of memory: {str(_release(e)).splitlines()[0]}")
-        except (TrialFailure, HybridSearchError) as e:
+        except HybridSearchError as e:  # TrialFailure among them
             self._fail(trial, str(_release(e)))
         except Exception as e:  # a broken trial fails that trial, never the study
             self._fail(trial, f"{type(_release(e)).__name__}: {e}")
@@ -191,54 +98,25 @@ class Objective:
         trial.set_user_attr("failure", reason)
         raise TrialFailure(reason)
 
-    def _train_task(self, trial, task: TaskData, recipe: Recipe, seed: int, ti: int, report: bool,
+    def _train_task(self, trial: optuna.Trial, task: TaskData, recipe: Recipe, seed: int, ti: int, report: bool,
                     prune: bool = True) -> float:
         torch.manual_seed(seed)
-        if self.space.data.kind == "commonsense":
-            model, tokenizer = build_lm(self.space, trial.user_attrs["peft"], self.device)
-        else:
-            model = create_model(self.space.model.name, num_classes=task.num_classes,
-                                 checkpoint=self.space.model.checkpoint).to(self.device)
-            apply_peft(model, trial.user_attrs["peft"])
+        family = self.space.family
+        model = family.build_model(self.space, task, trial.user_attrs["peft"], self.device)
         trial.set_user_attr(f"counts.{task.name}", count_parameters(model)["trainable"])
 
         def on_epoch(epoch: int, acc: float) -> None:
             if not report:
                 return
-            step = ti * recipe.epochs + epoch
-            trial.report(acc, step)
+            trial.report(acc, ti * recipe.epochs + epoch)
             # asked even for a baseline: successive halving records a trial's rung values only when asked
             if trial.should_prune() and prune:
                 trial.set_user_attr("pruned_at", {"task": task.name, "epoch": epoch, "accuracy": acc})
                 raise optuna.TrialPruned(f"pruned at task {task.name} epoch {epoch}")
 
-        if self.space.data.kind == "commonsense":
-            return train_lm_task(model, tokenizer, task, recipe, seed, on_epoch)
-        res = train_classifier(model, task.train, task.val, recipe, seed=seed, on_epoch=on_epoch)
-        return res.val_acc
+        return family.train(self.space, model, task, recipe, seed, on_epoch)
 
 
-def build_lm(space, peft: dict, device: str = "cpu"):
-    from ..lm.loading import load_lm
-
-    model, tokenizer = load_lm(space.model.checkpoint or space.model.name, device=device)
-    apply_peft(model, peft)
-    return model, tokenizer
-
-
-def train_lm_task(model, tokenizer, task: TaskData, recipe: Recipe, seed: int, on_epoch=None,
-                  score: bool = True) -> float:
-    """LM fine-tuning with the reference recipe (lm/train.py); the search's recipe sets lr, decay, epochs and
-    the effective batch. Returns the likelihood accuracy on ``task.val``."""
-    from ..lm.evaluate import likelihood_accuracy
-    from ..lm.train import LMRecipe, train_lm
-
-    r = LMRecipe(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
-                 batch_size=recipe.batch_size, micro_batch_size=math.gcd(recipe.batch_size, 16),
-                 schedule="linear" if recipe.schedule == "cosine" else recipe.schedule,
-                 train_on_inputs=recipe.train_on_inputs)
-    val = task.val[0] if on_epoch is not None else None
-    res = train_lm(model, tokenizer, task.train[0], r, val=val, seed=seed, on_epoch=on_epoch)
-    if val is not None and res.history:
-        return res.val_acc
-    return likelihood_accuracy(model, tokenizer, task.val[0]) if score else float("nan")
+def objective_value(value: Any) -> float:
+    """The accuracy of an objective's return value (one or two objectives)."""
+    return float(value[0] if isinstance(value, tuple) else value)

@@ -4,14 +4,13 @@ Each failure is the typed error the CLI prints as one line (file, key or line, a
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ConfigError
+from .space import SearchSpace, validate_space
 
 
-def preflight(space, data_root: str | None = None, devices: list[str] | None = None) -> None:
+def preflight(space: SearchSpace, data_root: str | None = None, devices: list[str] | None = None) -> None:
     check_devices(devices)
     check_budget_feasible(space)
     check_checkpoint(space)
@@ -34,10 +33,8 @@ def check_devices(devices: list[str] | None) -> None:
                           "(repeat an id to pack two workers on one GPU)")
 
 
-def check_budget_feasible(space) -> None:
+def check_budget_feasible(space: SearchSpace) -> None:
     """With a trainable-parameter budget, some configuration must meet it (exact counts, meta device)."""
-    from .space import validate_space
-
     b = space.budget
     if b.max_trainable is None and b.min_trainable is None:
         return
@@ -46,7 +43,7 @@ def check_budget_feasible(space) -> None:
         raise ConfigError(errors[0])
 
 
-def check_checkpoint(space) -> None:
+def check_checkpoint(space: SearchSpace) -> None:
     """An explicit checkpoint (or a model given as a path) loads: keys, shapes, no code in the pickle."""
     from ..models import create_model
 
@@ -56,18 +53,6 @@ def check_checkpoint(space) -> None:
     create_model(m.name, num_classes=space.num_classes(), checkpoint=m.checkpoint)
 
 
-def check_data(space, override: str | None) -> None:
-    """Every line of the search splits parses, its label is in range and its image decodes."""
-    from ..data.vtab import decode_image, split_entries
-    from .objective import data_root
-
-    data = space.data
-    if data.kind == "commonsense" or (data.kind == "mini_vtab" and not (override or data.root)):
-        return  # commonsense files are read by their own loader; mini-VTAB without a root is built here
-    root = data_root(space, override)
-    entries = [e for task in space.search_tasks for split in (data.train_split, data.val_split)
-               for e in split_entries(root, task, split)]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        # nothing is kept; DataError names the list file, line and image of the first bad one
-        for _ in pool.map(lambda e: decode_image(e, None) is None, entries):
-            pass
+def check_data(space: SearchSpace, override: str | None) -> None:
+    """The task family reads the search splits (VTAB-1k: every list line, label and image)."""
+    space.family.check_data(space, override)

@@ -16,7 +16,7 @@ Fault tolerance:
   seed) up to ``max_retries`` times; each retry is listed in the trial's ``retries`` attribute. Training
   restarts from the first epoch: ``train_classifier`` has no resume hook, and trials are seeded, so the
   retried trial reproduces the lost one;
-* the driver heartbeats its in-flight trials, so ``recover_stale`` (engine.py) sees them alive, and after the
+* the driver heartbeats its in-flight trials, so ``recover_stale`` (study.py) sees them alive, and after the
   driver dies (even by SIGKILL) ``hybridsearch resume STUDY --engine ray`` marks them FAIL, re-queues their
   parameters and re-runs them; here the retry also keeps the lost trial's seed;
 * a local Ray instance is watched by ``_ray_reaper.py``, which ends every Ray process the driver started once
@@ -46,9 +46,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import ConfigError, HybridSearchError
-from .engine import RunOptions, claimed, open_study, recover_stale, retry_attrs, stage_space
-from .storage import HEARTBEAT_S
+from ..errors import ConfigError, HybridSearchError, TrialFailure
+from .objective import Objective
+from .storage import DEFAULT_STORAGE, open_storage
+from .study import (
+    Heartbeat,
+    RunOptions,
+    check_data,
+    claimed,
+    load_search_tasks,
+    open_study,
+    owner,
+    recover_stale,
+    requeue,
+    stage_space,
+)
 
 # errors a retry may cure: a neighbour's memory on a shared GPU, a lost node, a storage hiccup
 RETRYABLE_FAILURES = ("out of memory",)
@@ -157,29 +169,10 @@ def _capacity(ray, ro: RayOptions) -> int:
 
 
 # ------------------------------------------------------------------------------------------- the trial (worker)
-_TASKS: dict[tuple, Any] = {}  # the last search's data, kept while Ray reuses this worker process
-
-
-def _tasks(space, opts: RunOptions, study: optuna.Study):
-    from .objective import _img_size, data_root, load_tasks
-
-    override = opts.data_root or study.user_attrs.get("data_root")
-    key = (space.space_hash(), override)
-    if key not in _TASKS:  # data_root() verifies a mini-VTAB build (~0.4 s): once per worker, not per trial
-        root = data_root(space, override)
-        _TASKS.clear()
-        _TASKS[key] = load_tasks(space, root, _img_size(space), space.fidelity.max_train_examples,
-                                 max_val=space.fidelity.max_val_examples)
-    return _TASKS[key]
-
-
 def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: float) -> dict[str, Any]:
     """Train one already-asked trial (in a Ray worker). Returns ``{"state", "values"?, "reason"?, "retry"?}``;
     the driver tells the state."""
     import torch
-
-    from ..train import TrialFailure
-    from .objective import Objective
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(cpus)))
@@ -191,7 +184,8 @@ def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: 
                                           sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner())
         trial = optuna.trial.Trial(storage_study, trial_id)
         base = int(storage_study.user_attrs.get("seed", 0))
-        objective = Objective(space, _tasks(space, opts, storage_study), device, seed=base)
+        tasks = load_search_tasks(space, opts.data_root or storage_study.user_attrs.get("data_root"))
+        objective = Objective(space, tasks, device, seed=base)
         trial.set_user_attr("ray", {"attempt": attempt, "node": _node_id(), "cpus": cpus, "gpus": gpus,
                                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                     "setup_s": round(time.perf_counter() - t0, 3)})
@@ -209,9 +203,8 @@ def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: 
 
 @functools.lru_cache(maxsize=4)
 def _storage(url: str | None):
-    """One storage per worker process and URL: a journal is then read incrementally, not replayed per trial."""
-    from .storage import open_storage
-
+    """One storage per worker process and URL (absolute: ``_portable``): a journal is then read incrementally, not
+    replayed per trial."""
     return open_storage(url)
 
 
@@ -245,24 +238,6 @@ class _Job:
     retries: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Beat:
-    """Heartbeats every in-flight trial from the driver, so queued or running trials never look stale."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self.study, self.ids = study, set()
-        self._stop = threading.Event()
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            for tid in list(self.ids):
-                with contextlib.suppress(Exception):  # the trial may have just finished
-                    self.study._storage.set_trial_user_attr(tid, "heartbeat", time.time())
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 class _Driver:
     def __init__(self, study: optuna.Study, space, opts: RunOptions, ro: RayOptions,
                  on_trial: Callable | None, poll: Callable | None) -> None:
@@ -278,7 +253,7 @@ class _Driver:
         self.pending: dict[Any, _Job] = {}
 
     def run(self, slots: int) -> None:
-        self.beat = _Beat(self.study)
+        self.beat = Heartbeat(self.study)
         try:
             while True:
                 while len(self.pending) < slots and self._wanted():
@@ -311,7 +286,7 @@ class _Driver:
 
     @staticmethod
     def _owner() -> dict[str, Any]:
-        return {"worker": {"host": os.uname().nodename, "pid": os.getpid()}, "heartbeat": time.time()}
+        return {"worker": owner(), "heartbeat": time.time()}
 
     def _owned(self, trial_id: int) -> None:
         """Mark the trial as the driver's until the worker writes its own pid (recover_stale reads both)."""
@@ -362,18 +337,8 @@ class _Driver:
         for ref, job in list(self.pending.items()):
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
-            _requeue(self.study, job.trial_id, "driver interrupted; re-queued")
+            requeue(self.study, job.trial_id, "driver interrupted; re-queued")
         self.pending.clear()
-
-
-def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
-    storage = study._storage
-    t = storage.get_trial(trial_id)
-    if t.state.is_finished():
-        return
-    storage.set_trial_user_attr(trial_id, "failure", reason)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    study.enqueue_trial(t.params, user_attrs=retry_attrs(t), skip_if_exists=False)
 
 
 def _portable(opts: RunOptions) -> RunOptions:
@@ -384,34 +349,12 @@ def _portable(opts: RunOptions) -> RunOptions:
 
     storage = opts.storage
     if storage is None or "://" not in storage:
-        from .storage import DEFAULT_STORAGE
-
         path = (storage or DEFAULT_STORAGE).removeprefix("journal:")
         storage = str(Path(path).resolve())
     elif storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
         storage = "sqlite:///" + str(Path(storage.removeprefix("sqlite:///")).resolve())
     return dataclasses.replace(opts, storage=storage, space_ref=absolute(opts.space_ref) or opts.space_ref,
                                data_root=absolute(opts.data_root), devices=None)
-
-
-def _reseed_on_resume(study: optuna.Study, space, opts: RunOptions) -> None:
-    """A resumed study samples on from a seed derived from its trial count: re-seeding the sampler with the
-    study's seed would draw the first configurations again (a seeded RandomSampler repeats them exactly)."""
-    n = len(study.get_trials(deepcopy=False))
-    seed = opts.seed if opts.seed is not None else study.user_attrs.get("seed")
-    if n and seed is not None:
-        study.sampler = space.make_sampler((int(seed) + 1) * 1_000_003 + n)
-
-
-def _check_data(opts: RunOptions, space) -> None:
-    """Fail before creating the study if the data is missing; build mini-VTAB once, not in every worker."""
-    from .objective import data_root
-
-    try:
-        stored = optuna.load_study(study_name=opts.study, storage=_storage(opts.storage)).user_attrs
-    except KeyError:  # a new study
-        stored = {}
-    data_root(space, opts.data_root or stored.get("data_root"))
 
 
 @contextlib.contextmanager
@@ -439,11 +382,10 @@ def run_ray_study(opts: RunOptions, ro: RayOptions | None = None, on_trial: Call
     ro.validate()
     opts = _portable(opts)
     space = stage_space(opts)
-    _check_data(opts, space)
+    check_data(opts, space)
     with ray_session(ro), _sigterm_as_interrupt():  # after ray.init, which installs its own SIGTERM handler
         slots = _capacity(_import_ray(), ro)  # a cluster too small fails before the study is touched
         study = open_study(opts, space, create=True)
-        _reseed_on_resume(study, space, opts)
         recover_stale(study)
         _Driver(study, space, opts, ro, on_trial, poll).run(slots)
     if poll is not None:

@@ -9,11 +9,35 @@ B, C: (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,); initial_sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import Tensor
 
 from .reference import selective_scan_reference
 
-BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
+
+def _reference() -> Callable[..., Any]:
+    return selective_scan_reference  # looked up at call time (tests spy on it)
+
+
+def _triton() -> Callable[..., Any]:
+    from .triton import selective_scan_triton
+
+    return selective_scan_triton
+
+
+def _mamba_ssm() -> Callable[..., Any]:
+    from .mamba_ssm import selective_scan_mamba_ssm
+
+    return selective_scan_mamba_ssm
+
+
+# backend name -> its function (imported on first use: Triton and mamba-ssm are optional)
+_BACKENDS: dict[str, Callable[[], Callable[..., Any]]] = {
+    "reference": _reference, "triton": _triton, "mamba_ssm": _mamba_ssm,
+}
+BACKENDS = ("auto", *_BACKENDS)
 
 
 def _triton_available() -> bool:
@@ -44,25 +68,17 @@ def selective_scan(
 
     ``backend="auto"`` uses the fused Triton kernel on CUDA tensors when it is installed and the PyTorch
     reference everywhere else. Returns ``out`` (batch, dim, L) in u's dtype, and with
-    ``return_last_state=True`` also the fp32 last state (batch, dim, N).
+    ``return_last_state=True`` also the fp32 last state (batch, dim, N). ``naive.naive_selective_scan`` is the
+    float64 ground truth every backend is tested against (too slow to be a backend).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective_scan backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "triton" if u.is_cuda and _triton_available() else "reference"
-    kwargs = {
-        "D": D, "z": z, "delta_bias": delta_bias, "delta_softplus": delta_softplus,
-        "return_last_state": return_last_state, "initial_state": initial_state, "reverse": reverse,
-    }
-    if backend == "reference":
-        return selective_scan_reference(u, delta, A, B, C, **kwargs)
-    if backend == "triton":
-        from .triton import selective_scan_triton
-
-        return selective_scan_triton(u, delta, A, B, C, **kwargs)
-    from .mamba_ssm import selective_scan_mamba_ssm
-
-    return selective_scan_mamba_ssm(u, delta, A, B, C, **kwargs)
+    return _BACKENDS[backend]()(
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        return_last_state=return_last_state, initial_state=initial_state, reverse=reverse,
+    )
 
 
 __all__ = ["BACKENDS", "selective_scan"]

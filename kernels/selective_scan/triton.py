@@ -1,6 +1,6 @@
 """Fused Triton backend of the selective scan (forward and backward kernels, deterministic gradients).
 
-Design (after the project notes kernels.md, section 7):
+Design (after the design notes shared/docs/kernels.md, section 7):
 
 * Grid (groups * channel_blocks, batch): one program owns BLOCK_D channels of one group of one sequence and
   keeps the state tile [BLOCK_D, NPAD] in fp32 registers while it walks L sequentially (the recurrence with

@@ -1,0 +1,53 @@
+"""The method registry: every MambaPEFT method by its pinned name, with its config class and attach function.
+
+Each method family registers its methods when ``hybridsearch.peft`` imports it. Registration order is the
+canonical order in which a hybrid is applied and exported, so ``peft/__init__.py`` fixes the family order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ..registry import Registry
+from .config import MethodConfig
+
+Attach = Callable[[nn.Module, Any, str], None]  # (model, the method's config, method name) -> attaches modules
+A = TypeVar("A", bound=Attach)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config: type[MethodConfig]
+    attach: Attach
+    description: str
+    kinds: tuple[str, ...] = ("vim", "lm")
+    per_layer: bool = True  # honours ``layers``
+
+    def defaults(self, **overrides: Any) -> MethodConfig:
+        return self.config(**overrides)
+
+
+METHODS: Registry[MethodSpec] = Registry("PEFT method")
+
+
+def register(name: str, config: type[MethodConfig], description: str, kinds: tuple[str, ...] = ("vim", "lm"),
+             per_layer: bool = True) -> Callable[[A], A]:
+    """Decorator registering an attach function as method ``name``."""
+
+    def deco(fn: A) -> A:
+        METHODS.register(name, MethodSpec(name, config, fn, description, kinds, per_layer))
+        return fn
+
+    return deco
+
+
+def with_defaults(cls: type[MethodConfig], **defaults: Any) -> type[MethodConfig]:
+    """A config subclass with different defaults (the reference's per-method defaults), same class name."""
+    fields = [(k, type(v), dataclasses.field(default=v)) for k, v in defaults.items()]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))

@@ -1,0 +1,101 @@
+"""Running a search from Python: one study, or every stage of a staged space in turn (stage k+1 tunes the
+methods that stage k's best trial switched on), on a registered engine. The ``run`` and ``resume`` commands are
+thin layers over ``run_search``.
+
+    from hybridsearch.search import RunOptions, run_search
+    study = run_search(RunOptions(study="demo", storage="runs/demo.journal", space_ref="tiny_debug"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import optuna
+
+from ..errors import ConfigError, HybridSearchError
+from ..registry import Registry
+from .results import best_trials
+from .space import load_space
+from .study import RunOptions
+
+
+class Monitor(Protocol):
+    """Watches one study while it runs (the CLI's progress display)."""
+
+    def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+
+    def poll(self, study: optuna.Study) -> None: ...
+
+
+# (options of the run, the engine's own options or None, per-trial callback, poll callback) -> the study
+Engine = Callable[[RunOptions, Any, Callable | None, Callable | None], optuna.Study]
+
+
+def _optuna_engine(opts: RunOptions, options: Any, on_trial: Callable | None, poll: Callable | None
+                   ) -> optuna.Study:
+    from .optuna_engine import run_study
+
+    if options is not None:
+        raise ConfigError("the optuna engine takes no engine options (RunOptions.workers / devices size it)")
+    return run_study(opts, on_trial=on_trial, poll=poll)
+
+
+def _ray_engine(opts: RunOptions, options: Any, on_trial: Callable | None, poll: Callable | None) -> optuna.Study:
+    """``options``: ``ray_engine.RayOptions`` (None: a local Ray instance with the defaults)."""
+    from .ray_engine import run_ray_study
+
+    return run_ray_study(opts, options, on_trial=on_trial, poll=poll)
+
+
+# optuna: worker processes on this machine; ray: trials as Ray tasks on a cluster (docs/engines.md)
+ENGINES: Registry[Engine] = Registry("engine")
+ENGINES.register("optuna", _optuna_engine)
+ENGINES.register("ray", _ray_engine)
+
+
+def run_search(opts: RunOptions, *, engine: str = "optuna", engine_options: Any = None, preflight: bool = True,
+               monitor: Callable[[RunOptions], AbstractContextManager[Monitor]] | None = None,
+               on_study: Callable[[optuna.Study], None] | None = None,
+               log: Callable[[str], None] = print) -> optuna.Study:
+    """Create or continue the study ``opts.study`` (a staged space: one study per stage, named
+    ``STUDY.<stage name>``) and run it to its target number of finished trials; returns the last study.
+
+    ``engine`` is a name in ``ENGINES`` and ``engine_options`` its own options (the ray engine's
+    ``ray_engine.RayOptions``); ``preflight`` checks the budget, checkpoint, data and devices before any study is
+    created; ``monitor`` is entered around each study's run and ``on_study`` called as each one ends.
+    ``opts.stage`` set (a resumed stage) runs that one study only."""
+    run_one = ENGINES.get(engine)
+    space = load_space(opts.space_ref)
+    if preflight:
+        from .preflight import preflight as check
+
+        check(space, opts.data_root, opts.devices)
+    if opts.stage is not None or not space.stages:
+        return _run(run_one, opts, engine_options, monitor, on_study)
+    chosen, study = opts.chosen, None
+    for k, st in enumerate(space.stages, 1):
+        name = f"{opts.study}.{st.name or f'stage{k}'}"
+        log(f"stage {k}/{len(space.stages)}: study {name}" + (f", methods {', '.join(chosen)}" if chosen else ""))
+        stage_opts = dataclasses.replace(opts, study=name, stage=k, chosen=chosen, trials=opts.trials or st.trials)
+        study = _run(run_one, stage_opts, engine_options, monitor, on_study)
+        best = best_trials(study)
+        if not best:
+            raise HybridSearchError(f"stage {k} ({name}) finished without a completed trial; "
+                                    f"see hybridsearch show {name}")
+        chosen = space.stage_space(k, chosen).selected_methods(best[0].params)
+    return study
+
+
+def _run(run_one: Engine, opts: RunOptions, options: Any, monitor: Callable | None, on_study: Callable | None
+         ) -> optuna.Study:
+    with monitor(opts) if monitor is not None else contextlib.nullcontext() as m:
+        study = run_one(opts, options, m.on_trial if m else None, m.poll if m else None)
+        if m is not None:
+            m.poll(study)
+    if on_study is not None:
+        on_study(study)
+    return study
