@@ -9,12 +9,14 @@ Method families subclass ``MethodConfig`` in their own ``config.py``; the hybrid
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
 
 LayerSpec = Any  # "all" | "a-b" | int | list[int | "a-b"]
+MAX_SIZE = 65_536  # ranks, token and state counts: beyond any model's width (and torch's int64 sizes stay safe)
 
 
 def layer_ranges(spec: LayerSpec, where: str = "layers") -> list[tuple[int, int]] | None:
@@ -61,25 +63,47 @@ def parse_layers(spec: LayerSpec, depth: int, where: str = "layers") -> list[int
 
 
 # -- value checks (each raises ConfigError naming ``where``) ----------------------------------------------------
+def _show(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else f"{type(value).__name__} {r[:30]}..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_rank(value: Any, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: rank must be a positive integer, got {value!r}")
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"{where}: rank must be a positive integer, got {_show(value)}")
+    if value > MAX_SIZE:
+        raise ConfigError(f"{where}: rank must be an integer between 1 and {MAX_SIZE:,}, got {_show(value)}")
 
 
 def check_choice(value: Any, allowed: tuple, where: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+    """``value`` must be one of ``allowed`` with its type: 1 is not True, 0.0 is not False."""
+    if not any(value == a and type(value) is type(a) for a in allowed):
+        raise ConfigError(f"{where}: {_show(value)} is not allowed; allowed: {', '.join(map(str, allowed))}")
 
 
 def check_positive_int(value: Any, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: must be a positive integer, got {value!r}")
+    if not _is_int(value) or not 1 <= value <= MAX_SIZE:
+        raise ConfigError(f"{where}: must be an integer between 1 and {MAX_SIZE:,}, got {_show(value)}")
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float that is finite (an int too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_number(value: Any, where: str, lo: float = 0.0, lo_inclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < lo or (value == lo and not lo_inclusive):
-        raise ConfigError(f"{where}: must be a number {'>=' if lo_inclusive else '>'} {lo}, got {value!r}")
+    if not is_finite_number(value) or value < lo or (value == lo and not lo_inclusive):
+        raise ConfigError(f"{where}: must be a finite number {'>=' if lo_inclusive else '>'} {lo:g}, "
+                          f"got {_show(value)}")
 
 
 @dataclass
@@ -92,9 +116,7 @@ class MethodConfig:
 
     def validate(self, where: str) -> None:
         for name in ("lr_mult", "decay_mult"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"{where}.{name}: must be a number >= 0, got {v!r}")
+            check_number(getattr(self, name), f"{where}.{name}", 0.0, lo_inclusive=True)
         layer_ranges(self.layers, f"{where}.layers")  # syntax only; the range is checked on apply
 
     def layer_ranks(self, depth: int, where: str) -> dict[int, int]:

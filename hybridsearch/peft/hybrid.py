@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..safeio import load_yaml
 from .config import MethodConfig, make_method_config
 from .registry import METHODS
 
@@ -38,7 +39,7 @@ class PeftConfig:
             raise ConfigError(f"{source}: expected a mapping with key 'methods', got {type(d).__name__}")
         extra = set(d) - {"methods"}
         if extra:
-            raise ConfigError(f"{source}: unknown top-level key(s) {sorted(extra)}; allowed: methods")
+            raise ConfigError(f"{source}: unknown top-level key(s) {sorted(map(str, extra))}; allowed: methods")
         raw = d.get("methods") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: methods: expected a mapping of method name -> settings")
@@ -52,16 +53,9 @@ class PeftConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PeftConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError(f"{path}: malformed YAML{at}: {getattr(e, 'problem', None) or e}") from None
-        return cls.from_dict(data, str(path))
+        """Read a PEFT config file: YAML read by ``safeio.load_yaml`` (duplicate keys, alias bombs, deep nesting
+        and files over its size cap are refused with one line), then checked as ``from_dict``."""
+        return cls.from_dict(load_yaml(Path(path), error=ConfigError, what="PEFT config"), str(path))
 
     def to_dict(self) -> dict[str, Any]:
         order = [n for n in METHODS.names() if n in self.methods]

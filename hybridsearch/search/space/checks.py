@@ -11,6 +11,9 @@ from typing import Any
 from ...errors import ConfigError
 
 MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
+MAX_INT = 2**53  # beyond this an int is no count or size of anything real (and stops being exact as a float)
+MAX_SEED = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes 0 .. 2**32 - 1
+MAX_COUNT = 1_000_000  # trials, epochs, classes: far beyond any real search
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -54,27 +57,34 @@ Check = Callable[[Any], tuple[Any, "str | None"]]
 
 
 def as_number(v: Any) -> float | int | None:
-    """A finite int/float; numeric strings too (PyYAML reads ``1e-3`` as a string)."""
+    """A finite int/float; numeric strings too (PyYAML reads ``1e-3`` as a string). An int too large for a float
+    (``math.isfinite`` would raise) is no number either."""
     if isinstance(v, bool):
         return None
     if isinstance(v, str) and _FLOAT_RE.fullmatch(v.strip()):
         v = float(v)
+    if isinstance(v, int) and abs(v) > MAX_INT:
+        return None
     if isinstance(v, (int, float)) and math.isfinite(v):
         return v
     return None
 
 
-def c_int(lo: int | None = None, null: bool = False) -> Check:
+def c_int(lo: int = 0, null: bool = False, hi: int = MAX_INT) -> Check:
     def check(v: Any) -> tuple[Any, str | None]:
         if v is None and null:
             return v, None
         if isinstance(v, bool) or not isinstance(v, int):
             return v, f"must be an integer{' or null' if null else ''}, got {show(v)}"
-        if lo is not None and v < lo:
-            return v, f"must be >= {lo}, got {v}"
+        if not lo <= v <= hi:
+            return v, f"must be an integer between {lo:,} and {hi:,}, got {_short_int(v)}"
         return v, None
 
     return check
+
+
+def _short_int(v: int) -> str:
+    return str(v) if abs(v) < 10**30 else f"an integer of {len(str(abs(v)))} digits"
 
 
 def c_float(lo: float | None = None, open_lo: bool = False, null: bool = False) -> Check:

@@ -8,14 +8,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...errors import ConfigError, HybridSearchError
 from ...peft import METHODS
+from ...safeio import load_yaml
 from ...tasks import data_kinds, family_of
 from ...training.recipe import OPTIMIZERS, SCHEDULES, Recipe
 from ..samplers import PRUNER_LOWS, PRUNERS, SAMPLERS, pruner_defaults
 from .checks import (
+    MAX_COUNT,
+    MAX_SEED,
     MISSING,
     Check,
     Errors,
@@ -72,16 +73,7 @@ def _resolve(ref: str | Path) -> tuple[Any, str]:
 def load_space(ref: str | Path) -> SearchSpace:
     """Load and check a space: a path, or a bundled name (``mini_vtab`` / ``mini_vtab.yaml``)."""
     file, label = _resolve(ref)
-    try:
-        data = yaml.safe_load(file.read_text())
-    except OSError as e:
-        raise ConfigError(f"{label}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{label}: not a text file (UTF-8 YAML expected)") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{label}: malformed YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    data = load_yaml(file, label, error=ConfigError, what="search space")
     stem = label.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return space_from_dict(data, source=label, default_name=stem, location=str(file))
 
@@ -114,7 +106,7 @@ def _build(data: Any, errs: Errors, default_name: str, location: str) -> SearchS
     methods = parse_methods(d.get("methods"), errs)
     recipe = _parse_recipe(d.get("recipe"), errs)
     budget = _parse_budget(d.get("budget"), errs)
-    trials = get(d, "trials", "", errs, c_int(1), 20)
+    trials = get(d, "trials", "", errs, c_int(1, hi=MAX_COUNT), 20)
     baselines = get(d, "baselines", "", errs, c_bool(), False)
     stages = _parse_stages(d.get("stages"), trials, errs)
     n_tasks = len(fidelity.tasks or (data_.tasks if data_ else ()))
@@ -137,7 +129,7 @@ def _parse_model(raw: Any, errs: Errors) -> ModelSpace | None:
     if name is None:
         return None
     return ModelSpace(name, get(d, "checkpoint", "model", errs, c_str(null=True)),
-                      get(d, "num_classes", "model", errs, c_int(1, null=True)))
+                      get(d, "num_classes", "model", errs, c_int(1, null=True, hi=MAX_COUNT)))
 
 
 def _parse_data(raw: Any, errs: Errors) -> DataSpace | None:
@@ -180,8 +172,8 @@ def _parse_tasks(raw: Any, kind: str, known: tuple[str, ...] | None, errs: Error
 def _parse_fidelity(raw: Any, data: DataSpace | None, errs: Errors) -> Fidelity:
     keys = ("epochs", "min_epochs", "max_train_examples", "max_val_examples", "tasks")
     d = mapping(raw, "fidelity", errs, keys)
-    epochs = get(d, "epochs", "fidelity", errs, c_int(1), 10)
-    min_epochs = get(d, "min_epochs", "fidelity", errs, c_int(1), 1)
+    epochs = get(d, "epochs", "fidelity", errs, c_int(1, hi=MAX_COUNT), 10)
+    min_epochs = get(d, "min_epochs", "fidelity", errs, c_int(1, hi=MAX_COUNT), 1)
     if min_epochs > epochs:
         errs.add("fidelity.min_epochs", f"{min_epochs} > epochs {epochs} (min > max)")
     tasks = _fidelity_tasks(d.get("tasks"), data, errs)
@@ -284,7 +276,7 @@ def _parse_stages(raw: Any, trials: int, errs: Errors) -> tuple[Stage, ...]:
         if drop and want == "select":
             errs.add(join(path, "drop_one"), "only the tune stage (stage 2) may drop a method")
         name = get(d, "name", path, errs, c_str(), want)
-        out.append(Stage(name, get(d, "trials", path, errs, c_int(1), trials), want == "select",
+        out.append(Stage(name, get(d, "trials", path, errs, c_int(1, hi=MAX_COUNT), trials), want == "select",
                          want == "tune", bool(drop)))
     return tuple(out)
 
@@ -314,7 +306,7 @@ def _parse_sampler(raw: Any, errs: Errors) -> SamplerSpec:
     spec = SAMPLERS.get(kind)
     defaults = spec.options
     d = mapping(raw, "sampler", errs, ("kind", "seed", *defaults))
-    seed = get(d, "seed", "sampler", errs, c_int(0, null=True), 0)
+    seed = get(d, "seed", "sampler", errs, c_int(0, null=True, hi=MAX_SEED), 0)
     opts = {}
     for k, v in defaults.items():
         check = c_bool() if isinstance(v, bool) else c_int((spec.lows or {}).get(k, 0))

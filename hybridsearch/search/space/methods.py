@@ -24,7 +24,7 @@ def _method_field_check(name: str, f: str, default: Any) -> Check:
             v = float(v)  # PyYAML reads 1e-3 as a string
         if f == "layers" and (isinstance(v, bool) or v is None):
             return v, f"{v!r} is not a layer spec; allowed: all, an int, 'a-b' or a list of those"
-        if f in ("layers", "rank") and (msg := _huge_range(v)):
+        if (f == "layers" or (f == "rank" and isinstance(v, dict))) and (msg := _huge_range(v)):
             return v, msg
         try:
             PeftConfig.from_dict({"methods": {name: {f: copy.deepcopy(v)}}}, source="@")
