@@ -5,6 +5,9 @@
   bundled checkpoint of a pretrained proxy;
 * a directory with ``config.json`` (mamba_ssm or HF layout) builds the Mamba LM from it and loads its weights;
 * a Vim ``.pth`` / ``.safetensors`` file builds the Vim its tensor shapes describe and loads it.
+
+``device="meta"`` builds the architecture only: a directory's ``config.json`` is all that is read, a Vim file's
+shapes come from its header (safetensors) or a memory map (zip torch files) without reading the weights.
 """
 
 from __future__ import annotations
@@ -87,8 +90,12 @@ def _with_classes(cfg, num_classes: int | None):
     return replace(cfg, num_classes=num_classes)
 
 
+def _is_meta(device: str | torch.device | None) -> bool:
+    return device is not None and torch.device(device).type == "meta"
+
+
 def _load_vim(cfg: VimConfig, path: Path, num_classes: int | None, device=None) -> nn.Module:
-    sd = ckpt.read_state_dict(path)
+    sd = ckpt.read_state_dict(path, meta=_is_meta(device))  # on meta: shapes only, the weights stay on disk
     # an explicit class count means a new task: a fresh (zero) head, as MambaPEFT never loads the pretrained head;
     # without one the checkpoint's own head is loaded (deployment of a fine-tuned model)
     keep_head = "head.weight" in sd and num_classes is None
@@ -100,10 +107,21 @@ def _load_vim(cfg: VimConfig, path: Path, num_classes: int | None, device=None) 
 
 
 def _load_lm(cfg: MambaConfig, path: Path, device=None) -> nn.Module:
-    weights = ckpt.find_weights(path) if path.is_dir() else path
     model = build(cfg, device)
-    ckpt.load_into(model, ckpt.normalize_lm_keys(ckpt.read_state_dict(weights)), str(weights))
+    if _is_meta(device):  # the architecture only (exact counts): config.json is all that is read
+        return model
+    if path.is_dir():
+        sd, source = ckpt.read_lm_weights(path)
+    else:
+        sd, source = ckpt.normalize_lm_keys(ckpt.read_state_dict(path)), path
+    ckpt.load_into(model, sd, str(source))
     return model
+
+
+def _lm_config_of(directory: Path) -> MambaConfig:
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{directory}: directory has no config.json (expected a mamba_ssm or HF checkpoint)")
+    return ckpt.mamba_config_from_json(directory / "config.json")
 
 
 def create_model(
@@ -121,25 +139,23 @@ def create_model(
     ``pretrained=False`` skips the bundled weights of a proxy model.
     """
     name = str(name_or_path)
+    meta = _is_meta(device)
     if name in MODELS:
         spec = MODELS.get(name)
-        if checkpoint is None and spec.checkpoint is not None and pretrained and str(device) != "meta":
+        if checkpoint is None and spec.checkpoint is not None and pretrained and not meta:
             checkpoint = spec.checkpoint()
-        if checkpoint is None or str(device) == "meta":
+        if checkpoint is None or (meta and spec.kind == "vim"):
             return build(_with_classes(spec.config, num_classes), device)
         path = Path(checkpoint)
         if spec.kind == "vim":
             return _load_vim(spec.config, path, num_classes, device)
-        cfg = ckpt.mamba_config_from_json(path / "config.json") if path.is_dir() else spec.config
-        return _load_lm(cfg, path, device)
+        return _load_lm(_lm_config_of(path) if path.is_dir() else spec.config, path, device)
     path = Path(name)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: directory has no config.json (expected a mamba_ssm or HF checkpoint)")
-        return _load_lm(ckpt.mamba_config_from_json(path / "config.json"), path, device)
+        return _load_lm(_lm_config_of(path), path, device)
     if path.is_file():
-        sd = ckpt.read_state_dict(path)
-        return _load_vim(ckpt.vim_config_from_state_dict(sd, str(path)), path, num_classes, device)
+        cfg = ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path, meta=True), str(path))
+        return _load_vim(cfg, path, num_classes, device)
     raise CheckpointError(
         f"{name!r} is neither a registered model nor an existing checkpoint path; "
         f"models: {', '.join(MODELS.names())}"
@@ -153,8 +169,8 @@ def model_config(name_or_path: str | Path, num_classes: int | None = None) -> Vi
         return _with_classes(MODELS.get(name).config, num_classes)
     path = Path(name)
     if path.is_dir():
-        return ckpt.mamba_config_from_json(path / "config.json")
-    return _with_classes(ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path), name), num_classes)
+        return _lm_config_of(path)
+    return _with_classes(ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path, meta=True), name), num_classes)
 
 
 __all__ = ["ASSETS", "MODELS", "MambaConfig", "MambaLM", "ModelSpec", "VimConfig", "VisionMamba", "build",
