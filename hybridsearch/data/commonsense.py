@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safeio import load_json
 from .tokenizers import TextTokenizer
 
 TASKS: tuple[str, ...] = (
@@ -118,12 +119,7 @@ def load_records(path: str | os.PathLike[str]) -> list[CommonsenseRecord]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p} not found")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}: invalid JSON: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read: {e}") from None
+    data = load_json(p, error=DataError, what="commonsense JSON file")
     if not isinstance(data, list):
         raise DataError(f"{p}: expected a JSON array of records (not JSONL), got {type(data).__name__}")
     return [_record(obj, p, i) for i, obj in enumerate(data)]

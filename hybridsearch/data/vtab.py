@@ -9,14 +9,15 @@ mean/std, no augmentation. Two paths read a split:
 * ``load_split`` + ``normalize``: decodes a whole split once into a uint8 tensor kept in memory, because
   a trial trains many epochs on the same 1,000 images and re-decoding each epoch wastes the CPU.
 
-Every malformed input raises ``DataError`` naming the list file and line; ``check_vtab`` collects the same
-problems for a whole tree without raising.
+Every malformed input raises ``DataError`` naming the list file and line (or the manifest key); ``check_vtab``
+collects the same problems for a whole tree without raising. An image path must stay inside its task folder (no
+absolute path, no ``..``): a list file never makes the loader read a file outside the data root.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from ..safeio import load_json, read_text
 
 SPLITS: tuple[str, ...] = ("train800", "val200", "train800val200", "test")
 GROUPS: tuple[str, ...] = ("natural", "specialized", "structured")
@@ -36,6 +38,9 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # MambaPEFT's search objective: mean top-1 over these five tasks.
 SEARCH_TASKS: tuple[str, ...] = ("clevr_count", "dmlab", "oxford_iiit_pet", "patch_camelyon", "sun397")
+MAX_CLASSES = 1_000_000  # a class count (and a label) beyond this describes no dataset
+_MAX_META_BYTES = 16 * 1024 * 1024  # manifest.json, classes.txt
+_LABEL_RE = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -91,23 +96,35 @@ def list_file(root: str | os.PathLike[str], task: str, split: str) -> Path:
     return Path(root) / task / f"{split}.txt"
 
 
-class _LineError(ValueError):
+class ListLineError(ValueError):
     """A malformed list line; the caller adds file and line number."""
 
 
-def _parse_line(text: str) -> tuple[str, int] | None:
-    """One list line -> (relative path, label); None for a blank line."""
+
+def _leaves_folder(rel: str) -> bool:
+    p = rel.replace("\\", "/")
+    return p.startswith("/") or re.match(r"[A-Za-z]:", p) is not None or ".." in p.split("/")
+
+
+def parse_list_line(text: str) -> tuple[str, int] | None:
+    """One list line -> (relative path, label); None for a blank line; ``ListLineError`` when malformed."""
     fields = text.split()
     if not fields:
         return None
     if len(fields) != 2:
-        got = f"got {len(fields)}: {text.strip()!r}"
-        raise _LineError(f"expected '<image path> <int label>' (2 fields), {got}")
-    try:
-        label = int(fields[1])
-    except ValueError:
-        raise _LineError(f"label {fields[1]!r} is not an integer") from None
-    return fields[0], label
+        got = f"got {len(fields)}: {text.strip()[:200]!r}"
+        raise ListLineError(f"expected '<image path> <int label>' (2 fields), {got}")
+    rel, label = fields
+    if not _LABEL_RE.fullmatch(label):
+        raise ListLineError(f"label {label[:40]!r} is not an integer")
+    if len(label.lstrip("+-")) > 7 or int(label) > MAX_CLASSES - 1:
+        raise ListLineError(f"label must be an integer between 0 and {MAX_CLASSES - 1:,}, got {label[:40]}"
+                            f"{'...' if len(label) > 40 else ''}")
+    if _leaves_folder(rel):
+        raise ListLineError(f"image path {rel[:200]!r} leaves the task folder; paths are relative to it, as "
+                            "images/<split>/NNNNNN.jpg")
+    return rel, int(label)
+
 
 
 def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
@@ -115,15 +132,12 @@ def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
     lf = Path(path)
     if not lf.is_file():
         raise DataError(f"list file {lf} not found")
-    try:
-        text = lf.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{lf}: cannot read list file: {e}") from None
+    text = read_text(lf, error=DataError, what="list file")
     out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         try:
-            parsed = _parse_line(line)
-        except _LineError as e:
+            parsed = parse_list_line(line)
+        except ListLineError as e:
             raise DataError(f"{lf}:{lineno}: {e}") from None
         if parsed is not None:
             out.append((parsed[0], parsed[1], lineno))
@@ -133,24 +147,60 @@ def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
 # ---------------------------------------------------------------------------------------- class counts
 
 
+class ClassCountError(DataError):
+    """A manifest.json or classes.txt that cannot give a class count; ``file`` names it."""
+
+    def __init__(self, file: Path, message: str) -> None:
+        super().__init__(message if message.startswith(str(file)) else f"{file}: {message}")
+        self.file = str(file)
+
+    def __reduce__(self) -> tuple:
+        return (DataError, (str(self),))
+
+
 def _manifest_classes(root: Path, task: str) -> tuple[int, str] | None:
     mf = root / "manifest.json"
     if not mf.is_file():
         return None
     try:
-        info = json.loads(mf.read_text(encoding="utf-8")).get("tasks", {}).get(task)
-    except (OSError, ValueError, AttributeError) as e:
-        raise DataError(f"{mf}: cannot read manifest: {e}") from None
-    if not isinstance(info, dict) or "num_classes" not in info:
+        manifest = load_json(mf, error=DataError, what="manifest", max_bytes=_MAX_META_BYTES)
+    except DataError as e:
+        raise ClassCountError(mf, str(e)) from None
+    if not isinstance(manifest, dict):
+        raise ClassCountError(mf, "must be a JSON object with 'tasks' (task name -> {num_classes, group})")
+    tasks = manifest.get("tasks", {})
+    if not isinstance(tasks, dict):
+        raise ClassCountError(mf, "tasks: must be a mapping of task name -> {num_classes, group}")
+    info = tasks.get(task)
+    if info is None:
         return None
-    return int(info["num_classes"]), str(info.get("group", "unknown"))
+    if not isinstance(info, dict):
+        raise ClassCountError(mf, f"tasks.{task}: must be a mapping with num_classes (and group), "
+                                  f"got {type(info).__name__}")
+    if "num_classes" not in info:
+        return None
+    n, group = info["num_classes"], info.get("group", "unknown")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        shown = repr(n) if len(repr(n)) <= 40 else repr(n)[:37] + "..."
+        raise ClassCountError(mf, f"tasks.{task}.num_classes: must be an integer between 1 and {MAX_CLASSES:,}, "
+                                  f"got {shown}")
+    if not isinstance(group, str):
+        raise ClassCountError(mf, f"tasks.{task}.group: must be a string (natural, specialized, structured), "
+                                  f"got {type(group).__name__}")
+    return n, group
 
 
 def _classes_txt(root: Path, task: str) -> int | None:
     ct = root / task / "classes.txt"
     if not ct.is_file():
         return None
-    names = [ln for ln in ct.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = read_text(ct, error=DataError, what="classes.txt", max_bytes=_MAX_META_BYTES)
+    except DataError as e:
+        raise ClassCountError(ct, str(e)) from None
+    names = [ln for ln in text.splitlines() if ln.strip()]
+    if len(names) > MAX_CLASSES:
+        raise ClassCountError(ct, f"{len(names):,} classes; at most {MAX_CLASSES:,}")
     return len(names) or None
 
 
@@ -350,7 +400,8 @@ def load_split(
 class Problem:
     file: str
     line: int | None
-    # missing_task, missing_list, bad_list, bad_line, label_out_of_range, missing_image, unreadable_image
+    # missing_task, missing_list, bad_list, bad_classes, bad_line, label_out_of_range, missing_image,
+    # unreadable_image
     kind: str
     message: str
 
@@ -426,15 +477,15 @@ def _check_split(root: Path, task: str, split: str, n_cls: int | None, decode: b
         rep.problems.append(Problem(str(lf), None, "missing_list", "list file not found"))
         return
     try:
-        lines = lf.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        rep.problems.append(Problem(str(lf), None, "bad_list", f"cannot read list file: {e}"))
+        lines = read_text(lf, error=DataError, what="list file").splitlines()
+    except DataError as e:
+        rep.problems.append(Problem(str(lf), None, "bad_list", str(e).removeprefix(f"{lf}: ")))
         return
     candidates: list[tuple[Path, int, int]] = []
     for lineno, text in enumerate(lines, start=1):
         try:
-            parsed = _parse_line(text)
-        except _LineError as e:
+            parsed = parse_list_line(text)
+        except ListLineError as e:
             rep.problems.append(Problem(str(lf), lineno, "bad_line", str(e)))
             continue
         if parsed is None:
@@ -474,7 +525,11 @@ def _check_task(root: Path, task: str, decode: bool) -> TaskReport:
     try:
         info, source = task_info(root, task)
         rep = TaskReport(task, info.group, info.num_classes, source)
-    except DataError as e:  # a bad line while inferring C: keep going without a range check
+    except ClassCountError as e:  # a bad manifest or classes.txt: a problem of its own, no range check
+        rep = TaskReport(task, "unknown", None, "unknown")
+        rest = str(e)[len(e.file):].lstrip(":").strip()
+        rep.problems.append(Problem(e.file, None, "bad_classes", rest))
+    except DataError as e:  # a bad line while inferring C: reported by its split; keep going without a range check
         rep = TaskReport(task, "unknown", None, f"unknown ({e})")
     for split in SPLITS:
         _check_split(root, task, split, rep.num_classes, decode, rep)

@@ -30,6 +30,15 @@ from .sources import source_name, source_sha256
 from .tasks import IMAGE_SIZE, N_TEST, N_TRAIN, N_VAL, SPLIT_IDS, MiniTask, Sizes, Split, resolve_tasks
 
 DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding range; mini-VTAB takes the same seeds as the search's samplers
+
+
+def check_seed(seed: object) -> int:
+    """The seed as an int, or a ``DataError`` naming the allowed range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        shown = repr(seed) if len(repr(seed)) <= 30 else f"an integer of {len(str(abs(seed)))} digits"
+        raise DataError(f"mini-VTAB seed must be an integer between 0 and {MAX_SEED:,}, got {shown}")
+    return int(seed)
 
 
 def _to_rgb(images: np.ndarray) -> np.ndarray:
@@ -140,13 +149,18 @@ def build_mini_vtab(
 ) -> dict:
     """Build mini-VTAB into ``out`` (which must not exist yet) atomically; return the manifest."""
     dest = Path(out)
+    seed = check_seed(seed)
     if dest.exists():
         raise DataError(f"{dest} already exists; remove it or choose another --out")
     chosen, sizes = resolve_tasks(tasks), Sizes(n_train, n_val, n_test)
     if min(n_train, n_val, n_test) < 1:
         raise DataError(f"split sizes must be >= 1, got train {n_train}, val {n_val}, test {n_test}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as e:
+        why = f"{e.strerror or type(e).__name__}: {e.filename or dest.parent}"
+        raise DataError(f"{dest}: cannot create ({why})") from None
     try:
         manifest = _build_into(tmp, seed, chosen, sizes)
         os.rename(tmp, dest)  # atomic on one filesystem; fails if someone else finished first

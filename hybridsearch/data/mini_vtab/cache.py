@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ...errors import DataError
-from .build import DEFAULT_SEED, build_mini_vtab
+from .build import DEFAULT_SEED, build_mini_vtab, check_seed
 from .manifest import BUILDER_VERSION, verify_mini_vtab
 from .tasks import N_TEST, N_TRAIN, N_VAL, resolve_tasks
 
@@ -37,7 +37,7 @@ def mini_vtab_path(
     n_test: int = N_TEST,
 ) -> Path:
     """Cache folder of a build; non-default task lists or sizes get a short config hash suffix."""
-    name = f"mini_vtab-v{BUILDER_VERSION}-seed{seed}"
+    name = f"mini_vtab-v{BUILDER_VERSION}-seed{check_seed(seed)}"
     names = [t.name for t in resolve_tasks(tasks)]
     every = [t.name for t in resolve_tasks(None)]
     if names != every or (n_train, n_val, n_test) != (N_TRAIN, N_VAL, N_TEST):
@@ -49,8 +49,15 @@ def mini_vtab_path(
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock so concurrent workers build once; the atomic rename stays the safety net."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 (closed below; the errors are told apart first)
+    except IsADirectoryError:
+        raise DataError(f"lock file {path} is a folder; remove it (mini-VTAB builds lock on this file)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot create the mini-VTAB lock file ({e.strerror or type(e).__name__}); "
+                        "check $HYBRIDSEARCH_DATA_DIR") from None
+    with fh:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock, the rename race is still safe
