@@ -71,8 +71,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult:
     biases, DoRA magnitudes, unfrozen v1 tensors) get no decay; v2 deltas are decayed toward zero."""
     cfg = getattr(model, "peft_config", None)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    module_of = {f"{prefix}.{n}" if prefix else n: m for prefix, mod in model.named_modules()
-                 for n, m in [("", mod)]}
+    module_of = dict(model.named_modules())  # "layers.0.mixer.peft.additional_scan" -> its PeftModule
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
