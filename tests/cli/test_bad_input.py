@@ -184,6 +184,36 @@ def test_bad_label_line(tmp_path, capsys, small_root, text, expected):
     assert "train800.txt:2:" in err and expected in err
 
 
+def test_label_line_outside_the_data_root(tmp_path, capsys, small_root):
+    lf = small_root / "mnist5k" / "train800.txt"
+    lines = lf.read_text().splitlines()
+    rel = lines[1].split()[0]
+    outside = small_root.parent / rel  # a real image two folders above the task folder: never to be read
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(small_root / "mnist5k" / rel, outside)
+    lines[1] = f"../../{lines[1]}"
+    lf.write_text("\n".join(lines) + "\n")
+    err = run_error(capsys, tmp_path, write_space(tmp_path, small_root))
+    assert "train800.txt:2:" in err and "leaves the task folder" in err
+
+
+# -- hostile space files: refused before any study exists ------------------------------------------------------
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda t: t + "trials: 2\n", "duplicate key 'trials'"),
+    (lambda t: t.replace("scale: 0.1", "scale: .nan"), "methods.lora_X.params.scale: must be a finite number > 0"),
+    (lambda t: t + "description: " + "[" * 1000 + "]" * 1000 + "\n", "nested deeper than 64 levels"),
+    (lambda t: "x: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh")) + t,
+     "aliases expand this document beyond 100,000 values"),
+    (lambda t: t + "description: " + "x" * 300_000 + "\n", "larger than 262,144 bytes"),
+], ids=["duplicate-key", "nan", "deep", "alias-bomb", "too-large"])
+def test_hostile_space_file(tmp_path, capsys, small_root, edit, expected):
+    path = write_space(tmp_path, small_root)
+    path.write_text(edit(path.read_text()))
+    err = run_error(capsys, tmp_path, path)
+    assert str(path) in err and expected in err
+
+
 def test_bad_data_adds_no_trial_to_an_existing_study(tmp_path, capsys, small_root):
     space, storage = write_space(tmp_path, small_root), tmp_path / "j.journal"
     open_study(RunOptions(study="old", storage=str(storage), space_ref=str(space)), load_space(space), create=True)
