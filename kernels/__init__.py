@@ -4,6 +4,6 @@
 optional initial state and a ``reverse`` flag (scan from the last position to the first without a flipped copy).
 """
 
-from .selective_scan import BACKENDS, selective_scan
+from .selective_scan import BACKENDS, causal_conv1d, selective_scan
 
-__all__ = ["BACKENDS", "selective_scan"]
+__all__ = ["BACKENDS", "causal_conv1d", "selective_scan"]

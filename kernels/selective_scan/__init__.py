@@ -9,11 +9,13 @@ B, C: (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,); initial_sta
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 
+from .causal_conv1d import causal_conv1d_cpu, causal_conv1d_reference
 from .reference import selective_scan_reference
 
 
@@ -27,6 +29,12 @@ def _triton() -> Callable[..., Any]:
     return selective_scan_triton
 
 
+def _cpu() -> Callable[..., Any]:
+    from .cpu import selective_scan_cpu
+
+    return selective_scan_cpu
+
+
 def _mamba_ssm() -> Callable[..., Any]:
     from .mamba_ssm import selective_scan_mamba_ssm
 
@@ -35,9 +43,11 @@ def _mamba_ssm() -> Callable[..., Any]:
 
 # backend name -> its function (imported on first use: Triton and mamba-ssm are optional)
 _BACKENDS: dict[str, Callable[[], Callable[..., Any]]] = {
-    "reference": _reference, "triton": _triton, "mamba_ssm": _mamba_ssm,
+    "reference": _reference, "cpu": _cpu, "triton": _triton, "mamba_ssm": _mamba_ssm,
 }
 BACKENDS = ("auto", *_BACKENDS)
+# Chooses the backend of every ``backend="auto"`` call of the process (debugging, benchmarks).
+ENV_BACKEND = "HYBRIDSEARCH_SCAN_BACKEND"
 
 
 def _triton_available() -> bool:
@@ -46,6 +56,32 @@ def _triton_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def _cpu_available() -> bool:
+    from .cpu import available
+
+    return available()  # builds on the first call; warns once and returns False when it cannot
+
+
+def resolve_backend(backend: str, u: Tensor) -> str:
+    """The backend a call with ``backend`` on ``u`` runs: ``auto`` is ``$HYBRIDSEARCH_SCAN_BACKEND`` when set,
+    else ``triton`` for CUDA tensors (Triton installed), ``cpu`` for CPU tensors (the kernel builds) and
+    ``reference`` everywhere else."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective_scan backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    env = os.environ.get(ENV_BACKEND, "").strip()
+    if env and env != "auto":
+        if env not in _BACKENDS:
+            raise ValueError(f"${ENV_BACKEND}={env!r} is not a selective_scan backend; allowed: {', '.join(BACKENDS)}")
+        return env
+    if u.is_cuda:
+        return "triton" if _triton_available() else "reference"
+    if u.device.type == "cpu" and _cpu_available():
+        return "cpu"
+    return "reference"
 
 
 def selective_scan(
@@ -66,19 +102,33 @@ def selective_scan(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the selective scan with the chosen backend.
 
-    ``backend="auto"`` uses the fused Triton kernel on CUDA tensors when it is installed and the PyTorch
+    ``backend="auto"`` uses ``$HYBRIDSEARCH_SCAN_BACKEND`` when it is set, else the fused Triton kernel on CUDA
+    tensors when it is installed, the fused C++ kernel on CPU tensors when it builds (``cpu.py``) and the PyTorch
     reference everywhere else. Returns ``out`` (batch, dim, L) in u's dtype, and with
     ``return_last_state=True`` also the fp32 last state (batch, dim, N). ``naive.naive_selective_scan`` is the
     float64 ground truth every backend is tested against (too slow to be a backend).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown selective_scan backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = "triton" if u.is_cuda and _triton_available() else "reference"
+    backend = resolve_backend(backend, u)
     return _BACKENDS[backend]()(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         return_last_state=return_last_state, initial_state=initial_state, reverse=reverse,
     )
 
 
-__all__ = ["BACKENDS", "selective_scan"]
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False,
+                  backend: str = "auto") -> Tensor:
+    """The mixer's depthwise causal conv1d (+ SiLU) of x (batch, dim, L); weight (dim, K) or (dim, 1, K), bias
+    (dim,). ``reverse``: the conv of the flipped sequence, flipped back. The backend is resolved as the scan's:
+    ``cpu`` runs the fused C++ kernel, every other one ``F.conv1d`` (causal_conv1d.py)."""
+    if weight.dim() == 3:
+        weight = weight.squeeze(1)
+    if (x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]
+            or (bias is not None and tuple(bias.shape) != (x.shape[1],))):
+        raise ValueError(f"causal_conv1d needs x (batch, dim, L), weight (dim, K), bias (dim,); got "
+                         f"{tuple(x.shape)}, {tuple(weight.shape)}, {None if bias is None else tuple(bias.shape)}")
+    if resolve_backend(backend, x) == "cpu" and x.numel() and weight.shape[1]:
+        return causal_conv1d_cpu(x, weight, bias, silu, reverse)
+    return causal_conv1d_reference(x, weight, bias, silu, reverse)
+
+
+__all__ = ["BACKENDS", "ENV_BACKEND", "causal_conv1d", "resolve_backend", "selective_scan"]

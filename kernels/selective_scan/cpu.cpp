@@ -1,0 +1,778 @@
+// Fused CPU selective scan (the ``cpu`` backend of hybridsearch.kernels.selective_scan).
+//
+// Plain C++17 with no torch headers: compiled on first use by cpu.py with the system compiler (about a second,
+// no ninja, no Python headers, independent of torch's C++ ABI) and called through ctypes with raw pointers and
+// element strides. See docs/kernels.md for what is fused.
+//
+// Work split: one task is (sequence b, group g, part p), where a part is up to `part` blocks of W = 16 channels
+// of the group. A block's fp32 state tile h[N] (16 channels each) stays in L1 while the task walks L in chunks
+// of `chunk` positions; every per-element step is one pass: softplus(delta + bias), exp(delta A), the update,
+// C . h, the D skip and the z gate. The partition never depends on the thread count, every task writes its
+// own outputs and partial sums, and the partials are summed afterwards in a fixed order: results are bitwise
+// identical for any number of threads.
+//
+// Backward: the forward saves the state entering every chunk; the backward walks the chunks last to first,
+// recomputes the chunk's states (and exp(delta A)) from that checkpoint, then runs the reverse recurrence.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int W = 16;  // channels per vector: one AVX-512 register of fp32 (two AVX2 ones elsewhere)
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
+
+inline vf splat(float x) { return vf{} + x; }
+inline vf select(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
+inline vf vmin(vf a, vf b) { return select(a < b, a, b); }
+inline vf vabs(vf a) { return (vf)((vi)a & 0x7fffffff); }
+
+// exp: Cody-Waite reduction to |r| <= ln2 / 2 and the cephes expf polynomial (about 1 ulp), evaluated by
+// Estrin's scheme: a shorter dependency chain than Horner's, measured 1.5x faster here. 0 below fp32's range.
+inline vf vexp(vf x) {
+  const float lo = -87.33654475f, hi = 88.72283905f;
+  vf xc = vmin(vmax(x, splat(lo)), splat(hi));
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  vf k = (xc * 1.44269504088896341f + magic) - magic;
+  vf r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  vf r2 = r * r;
+  vf a = r * 1.6666665459e-1f + 5.0000001201e-1f;
+  vf b = r * 8.3334519073e-3f + 4.1665795894e-2f;
+  vf c = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  vf q = (r2 * c + b) * r2 + a;
+  vf p = r2 * q + (r + 1.0f);
+  vi ki = __builtin_convertvector(k, vi);
+  vf scale = (vf)((ki + 127) << 23);
+  return select(x < lo, vf{}, p * scale);
+}
+
+// 2^y, for the state decay exp(delta A) = 2^(delta A log2(e)) with A log2(e) computed once per channel (two
+// fewer operations than exp in the hottest loop). y = k + f, |f| <= 1/2, cephes' exp2f polynomial by Estrin's
+// scheme; 0 below 2^-125 (no subnormal results).
+inline vf vexp2(vf y) {
+  const float lo = -125.0f;
+  vf yc = vmin(vmax(y, splat(lo)), splat(127.0f));
+  const float magic = 12582912.0f;
+  vf k = (yc + magic) - magic;
+  vf f = yc - k;
+  vf f2 = f * f;
+  vf a = f * 2.402264791363012e-1f + 6.931472028550421e-1f;
+  vf b = f * 9.618437357674640e-3f + 5.550332471162809e-2f;
+  vf c = f * 1.535336188319500e-4f + 1.339887440266574e-3f;
+  vf p = (f2 * c + b) * f2 + a;
+  vi ki = __builtin_convertvector(k, vi);
+  vf scale = (vf)((ki + 127) << 23);
+  return select(y < lo, vf{}, (f * p + 1.0f) * scale);
+}
+
+// torch's softplus (beta 1, threshold 20): x above 20, else max(x, 0) + log1p(exp(-|x|)), where
+// log1p(e) = 2 atanh(e / (2 + e)) by its odd series (e <= 1, so s <= 1/3: relative error below 1e-8).
+inline vf vsoftplus(vf x) {
+  vf e = vexp(-vabs(x));
+  vf s = e / (e + 2.0f);
+  vf s2 = s * s;
+  vf q = splat(1.0f / 13);
+  q = q * s2 + 1.0f / 11;
+  q = q * s2 + 1.0f / 9;
+  q = q * s2 + 1.0f / 7;
+  q = q * s2 + 1.0f / 5;
+  q = q * s2 + 1.0f / 3;
+  q = q * s2 + 1.0f;
+  vf sp = vmax(x, vf{}) + 2.0f * s * q;
+  return select(x > 20.0f, x, sp);
+}
+
+inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
+
+// ---- element types: 1 = float32, 2 = bfloat16, 3 = float16 (torch's rounding: to nearest even) -------------
+struct F32 {
+  using T = float;
+  static float in(T v) { return v; }
+  static T out(float f) { return f; }
+};
+struct BF16 {
+  using T = uint16_t;
+  static float in(T v) {
+    uint32_t u = uint32_t(v) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static T out(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return T((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return T(u >> 16);
+  }
+};
+struct F16 {
+  using T = uint16_t;
+  static float in(T h) {
+    uint32_t sign = uint32_t(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (ex == 0) {
+      float f = float(man) * 5.9604644775390625e-8f;  // subnormal: man * 2^-24
+      std::memcpy(&u, &f, 4);
+      u |= sign;
+    } else if (ex == 31) {
+      u = sign | 0x7f800000u | (man << 13);
+    } else {
+      u = sign | ((ex + 112) << 23) | (man << 13);
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static T out(float f) {  // round to nearest even (F. Giesen's float_to_half_fast3_rtne)
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    u &= 0x7fffffffu;
+    if (u >= 0x47800000u) return T(sign | (u > 0x7f800000u ? 0x7e00u : 0x7c00u));  // overflow, inf, NaN
+    if (u < 0x38800000u) {  // subnormal half or zero: let the fp32 adder round
+      float g;
+      std::memcpy(&g, &u, 4);
+      g += 0.5f;
+      std::memcpy(&u, &g, 4);
+      return T(sign | (u - 0x3f000000u));
+    }
+    uint32_t odd = (u >> 13) & 1u;
+    u += (uint32_t(15 - 127) << 23) + 0xfffu + odd;
+    return T(sign | (u >> 13));
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// A strided tensor argument: element strides in the documented axis order; dtype 0 means absent.
+struct TArg {
+  void* data;
+  int64_t dtype;
+  int64_t s[4];
+};
+
+struct ScanArgs {
+  int64_t batch, dim, L, N, G;
+  int64_t chunk;     // positions per chunk (checkpoint spacing)
+  int64_t part;      // channel blocks per task
+  int64_t nthreads;
+  int64_t softplus, reverse;
+  TArg u, delta, z, B, C;              // u, delta, z: (batch, dim, L); B, C: (batch, G, N, L)
+  TArg out;                            // (batch, dim, L)
+  TArg dout, du, ddelta, dz, dB, dC;   // backward, same axes as their inputs
+  const float *A, *D, *bias, *h0, *dlast;  // fp32 contiguous (dim, N), (dim), (dim), (batch, dim, N) x 2
+  float *last, *ckpt;                  // (batch, dim, N); checkpoints (hs_scan_ckpt_size floats)
+  float *dA, *dD, *dbias, *dh0;        // (dim, N), (dim), (dim), (batch, dim, N)
+};
+
+// The depthwise causal conv1d of the Mamba mixer, with its SiLU: out = silu(bias + sum_k w[k] x[t - K + 1 + k])
+// (reverse: x[t + K - 1 - k], the conv of the flipped sequence, flipped back).
+struct ConvArgs {
+  int64_t batch, dim, L, K, nthreads, silu, reverse;
+  TArg x, out, dout, dx;          // (batch, dim, L)
+  const float *w, *bias;          // fp32 contiguous (dim, K), (dim)
+  float *dw, *dbias;              // (dim, K), (dim)
+};
+
+}  // extern "C"
+
+namespace {
+
+template <class Ty>
+void load_tile_t(const typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, float* dst) {
+  if (sd == 1 && nc == W) {  // channels innermost (the models' layout): one vector per position
+    for (int i = 0; i < nt; ++i)
+      for (int c = 0; c < W; ++c) dst[i * W + c] = Ty::in(p[i * sl + c]);
+    return;
+  }
+  if (nc < W)
+    for (int i = 0; i < nt; ++i)
+      for (int c = nc; c < W; ++c) dst[i * W + c] = 0.0f;
+  if (sl == 1) {
+    for (int c = 0; c < nc; ++c) {
+      const typename Ty::T* q = p + c * sd;
+      for (int i = 0; i < nt; ++i) dst[i * W + c] = Ty::in(q[i]);
+    }
+  } else {
+    for (int i = 0; i < nt; ++i) {
+      const typename Ty::T* q = p + i * sl;
+      for (int c = 0; c < nc; ++c) dst[i * W + c] = Ty::in(q[c * sd]);
+    }
+  }
+}
+
+// Positions [t0, t0 + nt) of channels [d0, d0 + nc) of sequence b into dst[i] (lanes >= nc are 0).
+void load_tile(const TArg& a, int64_t b, int64_t d0, int nc, int64_t t0, int nt, vf* dst) {
+  float* f = reinterpret_cast<float*>(dst);
+  int64_t off = b * a.s[0] + d0 * a.s[1] + t0 * a.s[2];
+  switch (a.dtype) {
+    case 1: load_tile_t<F32>(static_cast<const float*>(a.data) + off, a.s[1], a.s[2], nc, nt, f); break;
+    case 2: load_tile_t<BF16>(static_cast<const uint16_t*>(a.data) + off, a.s[1], a.s[2], nc, nt, f); break;
+    default: load_tile_t<F16>(static_cast<const uint16_t*>(a.data) + off, a.s[1], a.s[2], nc, nt, f); break;
+  }
+}
+
+template <class Ty>
+void store_tile_t(typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, const float* src) {
+  if (sd == 1 && nc == W) {
+    for (int i = 0; i < nt; ++i)
+      for (int c = 0; c < W; ++c) p[i * sl + c] = Ty::out(src[i * W + c]);
+    return;
+  }
+  if (sl == 1) {
+    for (int c = 0; c < nc; ++c) {
+      typename Ty::T* q = p + c * sd;
+      for (int i = 0; i < nt; ++i) q[i] = Ty::out(src[i * W + c]);
+    }
+  } else {
+    for (int i = 0; i < nt; ++i) {
+      typename Ty::T* q = p + i * sl;
+      for (int c = 0; c < nc; ++c) q[c * sd] = Ty::out(src[i * W + c]);
+    }
+  }
+}
+
+void store_tile(const TArg& a, int64_t b, int64_t d0, int nc, int64_t t0, int nt, const vf* src) {
+  const float* f = reinterpret_cast<const float*>(src);
+  int64_t off = b * a.s[0] + d0 * a.s[1] + t0 * a.s[2];
+  switch (a.dtype) {
+    case 1: store_tile_t<F32>(static_cast<float*>(a.data) + off, a.s[1], a.s[2], nc, nt, f); break;
+    case 2: store_tile_t<BF16>(static_cast<uint16_t*>(a.data) + off, a.s[1], a.s[2], nc, nt, f); break;
+    default: store_tile_t<F16>(static_cast<uint16_t*>(a.data) + off, a.s[1], a.s[2], nc, nt, f); break;
+  }
+}
+
+template <class Ty>
+void load_bc_t(const typename Ty::T* p, int64_t sn, int64_t sl, int N, int nt, float* dst) {
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < nt; ++i) dst[i * N + n] = Ty::in(p[n * sn + i * sl]);
+}
+
+// B or C of sequence b, group g, positions [t0, t0 + nt) into dst[i * N + n].
+void load_bc(const TArg& a, int64_t b, int64_t g, int N, int64_t t0, int nt, float* dst) {
+  int64_t off = b * a.s[0] + g * a.s[1] + t0 * a.s[3];
+  switch (a.dtype) {
+    case 1: load_bc_t<F32>(static_cast<const float*>(a.data) + off, a.s[2], a.s[3], N, nt, dst); break;
+    case 2: load_bc_t<BF16>(static_cast<const uint16_t*>(a.data) + off, a.s[2], a.s[3], N, nt, dst); break;
+    default: load_bc_t<F16>(static_cast<const uint16_t*>(a.data) + off, a.s[2], a.s[3], N, nt, dst); break;
+  }
+}
+
+template <class Ty>
+void store_bc_t(typename Ty::T* p, int64_t sn, int64_t sl, int N, int nt, const float* src) {
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < nt; ++i) p[n * sn + i * sl] = Ty::out(src[i * N + n]);
+}
+
+void store_bc(const TArg& a, int64_t b, int64_t g, int N, int64_t t0, int nt, const float* src) {
+  int64_t off = b * a.s[0] + g * a.s[1] + t0 * a.s[3];
+  switch (a.dtype) {
+    case 1: store_bc_t<F32>(static_cast<float*>(a.data) + off, a.s[2], a.s[3], N, nt, src); break;
+    case 2: store_bc_t<BF16>(static_cast<uint16_t*>(a.data) + off, a.s[2], a.s[3], N, nt, src); break;
+    default: store_bc_t<F16>(static_cast<uint16_t*>(a.data) + off, a.s[2], a.s[3], N, nt, src); break;
+  }
+}
+
+// Per-channel fp32 vector of a (dim,) or (dim, N) parameter: lanes c < nc from p[(d0 + c) * stride].
+inline vf lanes(const float* p, int64_t d0, int nc, int64_t stride) {
+  vf v{};
+  for (int c = 0; c < nc; ++c) v[c] = p[(d0 + c) * stride];
+  return v;
+}
+
+inline float hsum(vf v) {  // fixed pairwise order
+  float s[W];
+  std::memcpy(s, &v, sizeof(v));
+  for (int w = W / 2; w > 0; w /= 2)
+    for (int c = 0; c < w; ++c) s[c] += s[c + w];
+  return s[0];
+}
+
+// out[e] = sum of the lanes of v[e], e < n: 16 sums at a time by a shuffle butterfly (4 levels, each halving
+// every partial sum), the rest one by one. The order of additions is fixed either way.
+void hsums(const vf* v, int64_t n, float* out) {
+  int64_t e = 0;
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HS_FOLD(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
+  for (; e + 16 <= n; e += 16) {
+    const vf* x = v + e;
+    vf l1[8], l2[4], l3[2];
+    for (int i = 0; i < 8; ++i)
+      l1[i] = HS_FOLD(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+              HS_FOLD(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; ++i)
+      l2[i] = HS_FOLD(l1[2 * i], l1[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+              HS_FOLD(l1[2 * i], l1[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; ++i)
+      l3[i] = HS_FOLD(l2[2 * i], l2[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+              HS_FOLD(l2[2 * i], l2[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    vf r = HS_FOLD(l3[0], l3[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           HS_FOLD(l3[0], l3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    std::memcpy(out + e, &r, sizeof(r));
+  }
+#undef HS_FOLD
+#endif
+  for (; e < n; ++e) out[e] = hsum(v[e]);
+}
+
+struct Geometry {
+  int64_t K, nblk, nparts, nchunks, ntasks, T;
+  explicit Geometry(const ScanArgs& a) {
+    K = a.dim / a.G;
+    nblk = (K + W - 1) / W;
+    nparts = (nblk + a.part - 1) / a.part;
+    T = a.chunk;
+    nchunks = (a.L + T - 1) / T;
+    ntasks = a.batch * a.G * nparts;
+  }
+  // checkpoint of block `blk` (of group g, sequence b) entering chunk ci: N vectors
+  int64_t ckpt_off(const ScanArgs& a, int64_t b, int64_t g, int64_t blk, int64_t ci) const {
+    return ((((b * a.G + g) * nblk + blk) * nchunks + ci) * a.N) * W;
+  }
+};
+
+struct Scratch {
+  std::vector<vf> h, Av, A2v, dH, dAacc, Dv, biasv, dDacc, dbacc;
+  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, hs, dAs, dBacc, dCacc;
+  std::vector<float> Bs, Cs, red;
+  void reserve(const ScanArgs& a, bool backward) {
+    size_t P = size_t(a.part), N = size_t(a.N), T = size_t(a.chunk);
+    for (auto* v : {&h, &Av, &A2v, &dH, &dAacc}) v->resize(P * N);
+    for (auto* v : {&Dv, &biasv, &dDacc, &dbacc}) v->resize(P);
+    for (auto* v : {&u, &dt, &dsp, &z, &dout, &y, &du, &ddl, &dz}) v->resize(T);
+    Bs.resize(T * N);
+    Cs.resize(T * N);
+    if (backward) {
+      hs.resize((T + 1) * N);
+      dAs.resize(T * N);
+      dBacc.resize(T * N);
+      dCacc.resize(T * N);
+      red.resize(T * N);
+    }
+  }
+};
+
+// u, delta (+ bias, softplus), z of one block and chunk; dsp = d softplus / d raw when wanted.
+void load_inputs(const ScanArgs& a, Scratch& s, int64_t b, int64_t d0, int nc, int64_t t0, int nt, vf bias,
+                 bool want_dsp) {
+  load_tile(a.u, b, d0, nc, t0, nt, s.u.data());
+  load_tile(a.delta, b, d0, nc, t0, nt, s.dt.data());
+  for (int i = 0; i < nt; ++i) {
+    vf raw = s.dt[i] + bias;
+    if (a.softplus) {
+      if (want_dsp) s.dsp[i] = select(raw > 20.0f, splat(1.0f), vsigmoid(raw));
+      s.dt[i] = vsoftplus(raw);
+    } else {
+      s.dt[i] = raw;
+    }
+  }
+  if (a.z.dtype) load_tile(a.z, b, d0, nc, t0, nt, s.z.data());
+}
+
+void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& s) {
+  const int N = int(a.N);
+  const int64_t p = task % g_.nparts, g = (task / g_.nparts) % a.G, b = task / (g_.nparts * a.G);
+  const int64_t blk0 = p * a.part, nb = std::min(a.part, g_.nblk - blk0);
+  for (int64_t j = 0; j < nb; ++j) {
+    int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
+    int nc = int(std::min<int64_t>(W, g_.K - kk));
+    for (int n = 0; n < N; ++n) {
+      s.A2v[j * N + n] = lanes(a.A + n, d0, nc, N) * 1.44269504088896341f;
+      s.h[j * N + n] = a.h0 ? lanes(a.h0 + b * a.dim * N + n, d0, nc, N) : vf{};
+    }
+    s.Dv[j] = a.D ? lanes(a.D, d0, nc, 1) : vf{};
+    s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
+  }
+  for (int64_t cc = 0; cc < g_.nchunks; ++cc) {
+    const int64_t ci = a.reverse ? g_.nchunks - 1 - cc : cc, t0 = ci * g_.T;
+    const int nt = int(std::min(g_.T, a.L - t0));
+    load_bc(a.B, b, g, N, t0, nt, s.Bs.data());
+    load_bc(a.C, b, g, N, t0, nt, s.Cs.data());
+    for (int64_t j = 0; j < nb; ++j) {
+      int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
+      int nc = int(std::min<int64_t>(W, g_.K - kk));
+      vf* h = &s.h[j * N];
+      const vf* A2v = &s.A2v[j * N];
+      if (a.ckpt) std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
+      load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], false);
+      for (int k = 0; k < nt; ++k) {
+        const int i = a.reverse ? nt - 1 - k : k;
+        const vf dt = s.dt[i], du = dt * s.u[i];
+        const float *Bi = &s.Bs[i * N], *Ci = &s.Cs[i * N];
+        vf y{};
+        for (int n = 0; n < N; ++n) {
+          vf hn = vexp2(dt * A2v[n]) * h[n] + du * Bi[n];
+          h[n] = hn;
+          y += hn * Ci[n];
+        }
+        y += s.Dv[j] * s.u[i];
+        if (a.z.dtype) y *= s.z[i] * vsigmoid(s.z[i]);
+        s.y[i] = y;
+      }
+      store_tile(a.out, b, d0, nc, t0, nt, s.y.data());
+    }
+  }
+  if (a.last)
+    for (int64_t j = 0; j < nb; ++j) {
+      int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
+      int nc = int(std::min<int64_t>(W, g_.K - kk));
+      for (int n = 0; n < N; ++n)
+        for (int c = 0; c < nc; ++c) a.last[(b * a.dim + d0 + c) * N + n] = s.h[j * N + n][c];
+    }
+}
+
+// Scratch for the cross-task sums of the backward: written per task, summed in a fixed order afterwards.
+struct Partials {
+  std::vector<float> dB, dC;  // (batch, G, nparts, T-major L x N) when nparts > 1
+  std::vector<float> dA, dD, dbias;  // (batch, dim, N), (batch, dim), (batch, dim)
+};
+
+void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& s, Partials& P) {
+  const int N = int(a.N);
+  const int64_t p = task % g_.nparts, g = (task / g_.nparts) % a.G, b = task / (g_.nparts * a.G);
+  const int64_t blk0 = p * a.part, nb = std::min(a.part, g_.nblk - blk0);
+  for (int64_t j = 0; j < nb; ++j) {
+    int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
+    int nc = int(std::min<int64_t>(W, g_.K - kk));
+    for (int n = 0; n < N; ++n) {
+      s.Av[j * N + n] = lanes(a.A + n, d0, nc, N);
+      s.A2v[j * N + n] = s.Av[j * N + n] * 1.44269504088896341f;
+      s.dH[j * N + n] = a.dlast ? lanes(a.dlast + b * a.dim * N + n, d0, nc, N) : vf{};
+      s.dAacc[j * N + n] = vf{};
+    }
+    s.Dv[j] = a.D ? lanes(a.D, d0, nc, 1) : vf{};
+    s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
+    s.dDacc[j] = vf{};
+    s.dbacc[j] = vf{};
+  }
+  const bool want_bc = a.dB.dtype || a.dC.dtype;
+  for (int64_t cc = 0; cc < g_.nchunks; ++cc) {
+    const int64_t ci = a.reverse ? cc : g_.nchunks - 1 - cc, t0 = ci * g_.T;
+    const int nt = int(std::min(g_.T, a.L - t0));
+    load_bc(a.B, b, g, N, t0, nt, s.Bs.data());
+    load_bc(a.C, b, g, N, t0, nt, s.Cs.data());
+    if (want_bc) {
+      std::fill(s.dBacc.begin(), s.dBacc.begin() + size_t(nt) * N, vf{});
+      std::fill(s.dCacc.begin(), s.dCacc.begin() + size_t(nt) * N, vf{});
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
+      int nc = int(std::min<int64_t>(W, g_.K - kk));
+      const vf* Av = &s.Av[j * N];
+      const vf* A2v = &s.A2v[j * N];
+      vf* dH = &s.dH[j * N];
+      vf* dAacc = &s.dAacc[j * N];
+      load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], true);
+      load_tile(a.dout, b, d0, nc, t0, nt, s.dout.data());
+      // Recompute the chunk in scan order k: hs[k + 1] = h after step k, dAs[k] = exp(delta A) of step k.
+      vf* hs = s.hs.data();
+      vf* dAs = s.dAs.data();
+      std::memcpy(hs, a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
+      for (int k = 0; k < nt; ++k) {
+        const int i = a.reverse ? nt - 1 - k : k;
+        const vf dt = s.dt[i], du = dt * s.u[i];
+        const float *Bi = &s.Bs[i * N], *Ci = &s.Cs[i * N];
+        const vf* hp = hs + k * N;
+        vf* hn = hs + (k + 1) * N;
+        vf* ea = dAs + k * N;
+        vf y{};
+        for (int n = 0; n < N; ++n) {
+          vf e = vexp2(dt * A2v[n]);
+          vf h = e * hp[n] + du * Bi[n];
+          ea[n] = e;
+          hn[n] = h;
+          y += h * Ci[n];
+        }
+        // output side: out = (y + D u) * silu(z)
+        vf dy = s.dout[i];
+        if (a.z.dtype) {
+          vf zz = s.z[i], sig = vsigmoid(zz);
+          s.dz[i] = dy * (y + s.Dv[j] * s.u[i]) * sig * (1.0f + zz * (1.0f - sig));
+          dy *= zz * sig;
+        }
+        s.y[i] = dy;  // from here on y holds dL/dy
+        s.dDacc[j] += dy * s.u[i];
+      }
+      // Reverse recurrence: dh_k = C_k dy_k + exp(delta_{k+1} A) dh_{k+1}.
+      for (int k = nt - 1; k >= 0; --k) {
+        const int i = a.reverse ? nt - 1 - k : k;
+        const vf dt = s.dt[i], u = s.u[i], dy = s.y[i], du = dt * u;
+        const float *Bi = &s.Bs[i * N], *Ci = &s.Cs[i * N];
+        const vf* hp = hs + k * N;
+        const vf* hn = hs + (k + 1) * N;
+        const vf* ea = dAs + k * N;
+        vf* dBa = &s.dBacc[size_t(i) * N];
+        vf* dCa = &s.dCacc[size_t(i) * N];
+        vf ddt{}, sB{};
+        for (int n = 0; n < N; ++n) {
+          vf dh = dH[n] + dy * Ci[n];
+          if (want_bc) {
+            dCa[n] += dy * hn[n];
+            dBa[n] += dh * du;
+          }
+          vf q = dh * ea[n] * hp[n];  // dL / d(delta A)
+          ddt += q * Av[n];
+          sB += dh * Bi[n];
+          dAacc[n] += q * dt;
+          dH[n] = ea[n] * dh;
+        }
+        ddt += sB * u;
+        if (a.softplus) ddt *= s.dsp[i];
+        s.ddl[i] = ddt;
+        s.du[i] = sB * dt + dy * s.Dv[j];
+        s.dbacc[j] += ddt;
+      }
+      if (a.du.dtype) store_tile(a.du, b, d0, nc, t0, nt, s.du.data());
+      if (a.ddelta.dtype) store_tile(a.ddelta, b, d0, nc, t0, nt, s.ddl.data());
+      if (a.dz.dtype) store_tile(a.dz, b, d0, nc, t0, nt, s.dz.data());
+    }
+    if (want_bc) {
+      for (int pair = 0; pair < 2; ++pair) {
+        const TArg& dst = pair ? a.dC : a.dB;
+        if (!dst.dtype) continue;
+        const std::vector<vf>& acc = pair ? s.dCacc : s.dBacc;
+        float* red = s.red.data();
+        hsums(acc.data(), int64_t(nt) * N, red);
+        if (g_.nparts == 1) {
+          store_bc(dst, b, g, N, t0, nt, red);
+        } else {
+          float* part = (pair ? P.dC : P.dB).data() + ((b * a.G + g) * g_.nparts + p) * a.L * N + t0 * N;
+          std::memcpy(part, red, sizeof(float) * nt * N);
+        }
+      }
+    }
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
+    int nc = int(std::min<int64_t>(W, g_.K - kk));
+    for (int c = 0; c < nc; ++c) {
+      int64_t row = b * a.dim + d0 + c;
+      for (int n = 0; n < N; ++n) {
+        if (a.dh0) a.dh0[row * N + n] = s.dH[j * N + n][c];
+        if (a.dA) P.dA[row * N + n] = s.dAacc[j * N + n][c];
+      }
+      if (a.dD) P.dD[row] = s.dDacc[j][c];
+      if (a.dbias) P.dbias[row] = s.dbacc[j][c];
+    }
+  }
+}
+
+template <class F>
+void parallel_tasks(int64_t ntasks, int64_t nthreads, const ScanArgs& a, bool backward, F fn) {
+  nthreads = std::max<int64_t>(1, std::min(nthreads, ntasks));
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    Scratch s;
+    s.reserve(a, backward);
+    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+// ---- depthwise causal conv1d (+ SiLU) -------------------------------------------------------------------------
+// One task per (sequence, block of W channels); the whole sequence of the block sits in scratch, padded by K - 1
+// zeros at both ends, so every position reads the same way: xp[j] = x[j - (K - 1)].
+struct ConvScratch {
+  std::vector<vf> xp, pre, dp, w, dw;
+  void reserve(const ConvArgs& a) {
+    size_t pad = size_t(a.L + 2 * (a.K - 1));
+    xp.assign(pad, vf{});
+    dp.assign(pad, vf{});
+    pre.resize(size_t(a.L));
+    w.resize(size_t(a.K));
+    dw.resize(size_t(a.K));
+  }
+};
+
+// Offset into the padded buffer of tap k for output t: forward t + k, reverse t + 2 (K - 1) - k.
+inline int64_t tap(const ConvArgs& a, int64_t k) { return a.reverse ? 2 * (a.K - 1) - k : k; }
+
+void conv_pre(const ConvArgs& a, ConvScratch& s, int64_t b, int64_t d0, int nc) {
+  const int64_t K = a.K, L = a.L;
+  for (int64_t k = 0; k < K; ++k) s.w[k] = lanes(a.w + k, d0, nc, K);
+  const vf bias = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
+  for (int64_t t0 = 0; t0 < L; t0 += 256) {  // load_tile takes int lengths: read in slices
+    int nt = int(std::min<int64_t>(256, L - t0));
+    load_tile(a.x, b, d0, nc, t0, nt, s.xp.data() + (K - 1) + t0);
+  }
+  for (int64_t t = 0; t < L; ++t) {
+    vf acc = bias;
+    for (int64_t k = 0; k < K; ++k) acc += s.w[k] * s.xp[t + tap(a, k)];
+    s.pre[t] = acc;
+  }
+}
+
+void conv_forward_task(const ConvArgs& a, int64_t task, ConvScratch& s) {
+  const int64_t nblk = (a.dim + W - 1) / W, b = task / nblk, d0 = (task % nblk) * W;
+  const int nc = int(std::min<int64_t>(W, a.dim - d0));
+  conv_pre(a, s, b, d0, nc);
+  if (a.silu)
+    for (int64_t t = 0; t < a.L; ++t) s.pre[t] *= vsigmoid(s.pre[t]);
+  for (int64_t t0 = 0; t0 < a.L; t0 += 256)
+    store_tile(a.out, b, d0, nc, t0, int(std::min<int64_t>(256, a.L - t0)), s.pre.data() + t0);
+}
+
+void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::vector<float>& pw,
+                        std::vector<float>& pb) {
+  const int64_t nblk = (a.dim + W - 1) / W, b = task / nblk, d0 = (task % nblk) * W, K = a.K, L = a.L;
+  const int nc = int(std::min<int64_t>(W, a.dim - d0));
+  conv_pre(a, s, b, d0, nc);
+  vf* dp = s.dp.data() + (K - 1);  // dp[t] = dL/d(pre-activation) at t; zeros beyond both ends
+  for (int64_t t0 = 0; t0 < L; t0 += 256)
+    load_tile(a.dout, b, d0, nc, t0, int(std::min<int64_t>(256, L - t0)), dp + t0);
+  vf db{};
+  if (a.silu)
+    for (int64_t t = 0; t < L; ++t) {
+      vf sig = vsigmoid(s.pre[t]);
+      dp[t] *= sig * (1.0f + s.pre[t] * (1.0f - sig));
+    }
+  for (int64_t t = 0; t < L; ++t) db += dp[t];
+  if (a.dw) {
+    for (int64_t k = 0; k < K; ++k) {
+      vf acc{};
+      for (int64_t t = 0; t < L; ++t) acc += dp[t] * s.xp[t + tap(a, k)];
+      s.dw[k] = acc;
+    }
+    for (int c = 0; c < nc; ++c)
+      for (int64_t k = 0; k < K; ++k) pw[(b * a.dim + d0 + c) * K + k] = s.dw[k][c];
+  }
+  if (a.dbias)
+    for (int c = 0; c < nc; ++c) pb[b * a.dim + d0 + c] = db[c];
+  if (a.dx.dtype) {
+    // x[s] fed output t = s + K - 1 - k (forward) or s - (K - 1) + k (reverse) through tap k.
+    std::vector<vf>& out = s.pre;
+    for (int64_t t = 0; t < L; ++t) {
+      vf acc{};
+      for (int64_t k = 0; k < K; ++k) acc += s.w[k] * s.dp[t + (a.reverse ? k : 2 * (K - 1) - k)];
+      out[t] = acc;
+    }
+    for (int64_t t0 = 0; t0 < L; t0 += 256)
+      store_tile(a.dx, b, d0, nc, t0, int(std::min<int64_t>(256, L - t0)), out.data() + t0);
+  }
+}
+
+template <class F>
+void parallel_conv(const ConvArgs& a, F fn) {
+  const int64_t ntasks = a.batch * ((a.dim + W - 1) / W);
+  const int64_t nthreads = std::max<int64_t>(1, std::min(a.nthreads, ntasks));
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    ConvScratch s;
+    s.reserve(a);
+    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t hs_scan_abi_version() { return 1; }
+
+int hs_conv_forward(const ConvArgs* a) {
+  try {
+    parallel_conv(*a, [&](int64_t t, ConvScratch& s) { conv_forward_task(*a, t, s); });
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int hs_conv_backward(const ConvArgs* a) {
+  try {
+    std::vector<float> pw(a->dw ? size_t(a->batch * a->dim * a->K) : 0), pb(a->dbias ? size_t(a->batch * a->dim) : 0);
+    parallel_conv(*a, [&](int64_t t, ConvScratch& s) { conv_backward_task(*a, t, s, pw, pb); });
+    for (int pair = 0; pair < 2; ++pair) {  // fixed-order sums over the batch
+      float* dst = pair ? a->dbias : a->dw;
+      if (!dst) continue;
+      const std::vector<float>& src = pair ? pb : pw;
+      const int64_t n = pair ? a->dim : a->dim * a->K;
+      std::copy(src.begin(), src.begin() + n, dst);
+      for (int64_t b = 1; b < a->batch; ++b)
+        for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
+    }
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int64_t hs_scan_ckpt_size(const ScanArgs* a) {
+  Geometry g(*a);
+  return a->batch * a->G * g.nblk * g.nchunks * a->N * W;
+}
+
+// Returns 0, or 1 after an exception (out of memory, no thread): the caller raises.
+int hs_scan_forward(const ScanArgs* a) {
+  try {
+    Geometry g(*a);
+    parallel_tasks(g.ntasks, a->nthreads, *a, false,
+                   [&](int64_t t, Scratch& s) { forward_task(*a, g, t, s); });
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int hs_scan_backward(const ScanArgs* a) {
+  try {
+    Geometry g(*a);
+    Partials P;
+    if (g.nparts > 1) {
+      if (a->dB.dtype) P.dB.resize(size_t(a->batch * a->G * g.nparts * a->L * a->N));
+      if (a->dC.dtype) P.dC.resize(size_t(a->batch * a->G * g.nparts * a->L * a->N));
+    }
+    if (a->dA) P.dA.resize(size_t(a->batch * a->dim * a->N));
+    if (a->dD) P.dD.resize(size_t(a->batch * a->dim));
+    if (a->dbias) P.dbias.resize(size_t(a->batch * a->dim));
+    parallel_tasks(g.ntasks, a->nthreads, *a, true,
+                   [&](int64_t t, Scratch& s) { backward_task(*a, g, t, s, P); });
+    // Fixed-order sums: over parts for dB / dC, over the batch for dA, dD, d(delta_bias).
+    const int64_t N = a->N, L = a->L;
+    if (g.nparts > 1) {
+      std::vector<float> row(size_t(L * N));
+      for (int pair = 0; pair < 2; ++pair) {
+        const TArg& dst = pair ? a->dC : a->dB;
+        if (!dst.dtype) continue;
+        const std::vector<float>& src = pair ? P.dC : P.dB;
+        for (int64_t bg = 0; bg < a->batch * a->G; ++bg) {
+          const float* q = src.data() + bg * g.nparts * L * N;
+          std::copy(q, q + L * N, row.begin());
+          for (int64_t p = 1; p < g.nparts; ++p)
+            for (int64_t e = 0; e < L * N; ++e) row[e] += q[p * L * N + e];
+          store_bc(dst, bg / a->G, bg % a->G, int(N), 0, int(L), row.data());
+        }
+      }
+    }
+    auto batch_sum = [&](const std::vector<float>& src, float* dst, int64_t n) {
+      std::copy(src.begin(), src.begin() + n, dst);
+      for (int64_t b = 1; b < a->batch; ++b)
+        for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
+    };
+    if (a->dA) batch_sum(P.dA, a->dA, a->dim * N);
+    if (a->dD) batch_sum(P.dD, a->dD, a->dim);
+    if (a->dbias) batch_sum(P.dbias, a->dbias, a->dim);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,409 @@
+"""The ``cpu`` backend of the selective scan: the fused C++ kernel of ``cpu.cpp``, built on first use.
+
+Why plain C++ through ctypes (measured, see docs/kernels.md): the kernel includes no torch header, so the first
+build takes about 2 s with the system compiler instead of about a minute for a ``torch.utils.cpp_extension``
+module, needs neither ninja nor Python headers, and one build serves every torch version. Installing the
+package compiles nothing: ``cpu.cpp`` ships as package data.
+
+* Build: ``$CXX`` (else ``c++``, ``g++`` or ``clang++``) with ``-O3 -march=native`` into
+  ``$HYBRIDSEARCH_CACHE/kernels`` (default ``~/.cache/hybridsearch/kernels``; a temporary folder when that is
+  not writable), under a file name that hashes the source, the flags and the CPU; a file lock makes
+  concurrent workers build once, the others wait and load it.
+* ``available()`` says whether it builds; when it does not, it warns once (one line) and the dispatcher's
+  ``auto`` uses the reference. Asking for ``backend="cpu"`` then raises ``CpuScanUnavailable``.
+* The kernel reads every input in place through its strides (fp32, bf16 or fp16), computes in fp32 and writes
+  ``out`` and the input gradients in their input's dtype and memory layout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from hybridsearch.errors import HybridSearchError
+
+SOURCE = Path(__file__).with_name("cpu.cpp")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-pthread")
+_ABI = 1  # hs_scan_abi_version() of a library this wrapper can drive
+_W = 16  # channels per vector in the kernel
+_PART = 8  # channel blocks (of _W) per task: fewer horizontal sums for dB / dC, enough tasks to share out
+_DTYPES = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+class CpuScanUnavailable(HybridSearchError, RuntimeError):
+    """The C++ kernel of the ``cpu`` backend could not be built or loaded on this machine."""
+
+
+class ScanBackendWarning(UserWarning):
+    """``auto`` could not use the fast CPU kernel and falls back to the reference."""
+
+
+# ---- building and loading -------------------------------------------------------------------------------------
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: ``$HYBRIDSEARCH_CACHE/kernels``, default ``~/.cache/hybridsearch/kernels``."""
+    env = os.environ.get("HYBRIDSEARCH_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "hybridsearch"
+    return root / "kernels"
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return cxx
+    for name in ("c++", "g++", "clang++"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise CpuScanUnavailable("no C++ compiler found (set CXX, or install g++ or clang++)")
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the machine and its CPU feature flags."""
+    sig = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            sig += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        sig += platform.processor()
+    return sig
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def _build() -> Path:
+    cxx = _compiler()
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]))
+    name = f"selective_scan_cpu-{key.hexdigest()[:16]}.so"
+    folder = cache_dir()
+    if not (folder / name).exists() and not _writable(folder):
+        folder = Path(tempfile.gettempdir()) / f"hybridsearch-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    if target.exists():
+        return target
+    with _FileLock(folder / (name + ".lock")):
+        if target.exists():  # another process built it while we waited
+            return target
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        cmd = [cxx, *FLAGS, "-o", str(tmp), str(SOURCE)]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise CpuScanUnavailable(f"cannot run the C++ compiler {cxx!r}: {e}") from None
+        if res.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            first = next((ln for ln in res.stderr.splitlines() if "error" in ln), res.stderr.strip()[:200])
+            raise CpuScanUnavailable(f"{Path(cxx).name} failed on {SOURCE.name}: {first}")
+        os.replace(tmp, target)  # atomic: a reader never sees half a library
+    return target
+
+
+class _FileLock:
+    """An exclusive lock on a file (POSIX fcntl); elsewhere a no-op (the atomic rename still holds)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, -1
+
+    def __enter__(self) -> _FileLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing releases the lock
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.hs_scan_abi_version.restype = ctypes.c_int64
+    if lib.hs_scan_abi_version() != _ABI:
+        raise CpuScanUnavailable(f"{path} has ABI {lib.hs_scan_abi_version()}, expected {_ABI}")
+    for fn, arg, res in (("hs_scan_ckpt_size", _Args, ctypes.c_int64), ("hs_scan_forward", _Args, ctypes.c_int),
+                         ("hs_scan_backward", _Args, ctypes.c_int), ("hs_conv_forward", ConvArgs, ctypes.c_int),
+                         ("hs_conv_backward", ConvArgs, ctypes.c_int)):
+        getattr(lib, fn).argtypes = [ctypes.POINTER(arg)]
+        getattr(lib, fn).restype = res
+    return lib
+
+
+def library() -> ctypes.CDLL:
+    """The built kernel library (built on the first call); raises ``CpuScanUnavailable`` when it cannot be."""
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        if "error" in _state:
+            raise CpuScanUnavailable(_state["error"])
+        try:
+            lib = _load(_build())
+        except Exception as e:
+            msg = str(e) if isinstance(e, CpuScanUnavailable) else f"{type(e).__name__}: {e}"
+            _state["error"] = msg
+            raise CpuScanUnavailable(msg) from None
+        _state["lib"] = lib
+        return lib
+
+
+def available() -> bool:
+    """Whether the kernel builds here; the first failure warns once, in one line (``auto`` then uses the
+    reference backend)."""
+    if "lib" in _state:
+        return True
+    try:
+        library()
+        return True
+    except CpuScanUnavailable as e:
+        if not _state.get("warned"):
+            _state["warned"] = True
+            # warn_explicit with no source line: the warning prints as a single line
+            warnings.warn_explicit(f"the cpu selective scan is unavailable ({e}); using the reference backend",
+                                   ScanBackendWarning, "hybridsearch.kernels", 0)
+        return False
+
+
+# ---- the C ABI --------------------------------------------------------------------------------------------------
+class _TArg(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int64), ("s", ctypes.c_int64 * 4)]
+
+
+_INTS = ("batch", "dim", "L", "N", "G", "chunk", "part", "nthreads", "softplus", "reverse")
+_TENSORS = ("u", "delta", "z", "B", "C", "out", "dout", "du", "ddelta", "dz", "dB", "dC")
+_POINTERS = ("A", "D", "bias", "h0", "dlast", "last", "ckpt", "dA", "dD", "dbias", "dh0")
+
+
+class _Args(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in _INTS] + [(n, _TArg) for n in _TENSORS]
+                + [(n, ctypes.c_void_p) for n in _POINTERS])
+
+
+class ConvArgs(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "dim", "L", "K", "nthreads", "silu", "reverse")]
+                + [(n, _TArg) for n in ("x", "out", "dout", "dx")]
+                + [(n, ctypes.c_void_p) for n in ("w", "bias", "dw", "dbias")])
+
+
+def targ(t: Tensor | None) -> _TArg:
+    """A tensor argument of the kernels: data pointer, dtype code and element strides."""
+    if t is None:
+        return _TArg()
+    s = t.stride()
+    return _TArg(t.data_ptr(), _DTYPES[t.dtype], (ctypes.c_int64 * 4)(*s, *(0,) * (4 - len(s))))
+
+
+def ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _chunk(N: int) -> int:
+    """Positions per checkpoint chunk: the backward's per-chunk buffers (about 4 x chunk x N x 64 bytes) stay
+    in L2."""
+    return min(128, max(8, 512 // max(N, 1)))
+
+
+class _Call:
+    """The shapes, the fp32 side tensors and the kernel arguments of one scan."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse):
+        if A.is_complex():
+            raise ValueError("the cpu selective scan supports only real A")
+        if u.dim() != 3:
+            raise ValueError(f"u must be (batch, dim, L); got {tuple(u.shape)}")
+        batch, dim, L = u.shape
+        B4 = B.unsqueeze(1) if B.dim() == 3 else B
+        C4 = C.unsqueeze(1) if C.dim() == 3 else C
+        if B4.dim() != 4 or C4.shape != B4.shape or B4.shape[0] != batch or B4.shape[3] != L:
+            raise ValueError(f"B and C must both be (batch, N, L) or (batch, G, N, L) with batch {batch}, L {L}; "
+                             f"got {tuple(B.shape)}, {tuple(C.shape)}")
+        G, N = B4.shape[1], B4.shape[2]
+        if G == 0 or dim % G or A.shape != (dim, N):
+            raise ValueError(f"A must be (dim, N) = ({dim}, {N}) and dim divisible by the {G} groups")
+        for name, t, shape in (("delta", delta, u.shape), ("z", z, u.shape), ("D", D, (dim,)),
+                               ("delta_bias", delta_bias, (dim,)), ("initial_state", initial_state, (batch, dim, N))):
+            if t is not None and tuple(t.shape) != tuple(shape):
+                raise ValueError(f"{name} must be {tuple(shape)}; got {tuple(t.shape)}")
+        for t in (u, delta, A, B, C, D, z, delta_bias, initial_state):
+            if t is not None and t.device.type != "cpu":
+                raise ValueError(f"the cpu selective scan needs CPU tensors; got one on {t.device}")
+        self.shape = (batch, dim, L, G, N)
+        self.u, self.delta, self.z, self.B_in, self.C_in = (_readable(t) for t in (u, delta, z, B, C))
+        self.B, self.C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (self.B_in, self.C_in))
+        self.A = A.detach().float().contiguous()
+        self.D = None if D is None else D.detach().float().contiguous()
+        self.bias = None if delta_bias is None else delta_bias.detach().float().contiguous()
+        self.h0 = None if initial_state is None else initial_state.detach().float().contiguous()
+        self.out_dtype = u.dtype
+        self.softplus, self.reverse = bool(softplus), bool(reverse)
+
+    def args(self) -> _Args:
+        batch, dim, L, G, N = self.shape
+        a = _Args(batch, dim, L, N, G, _chunk(N), _PART, torch.get_num_threads(), self.softplus, self.reverse)
+        a.u, a.delta, a.z, a.B, a.C = (targ(t) for t in (self.u, self.delta, self.z, self.B, self.C))
+        a.A, a.D, a.bias, a.h0 = (ptr(t) for t in (self.A, self.D, self.bias, self.h0))
+        return a
+
+    def forward(self, save: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        lib = library()
+        batch, dim, L, G, N = self.shape
+        a = self.args()
+        out = empty_like_layout(self.u)  # channels innermost stays so for the out_proj that follows
+        last = torch.empty((batch, dim, N))
+        ckpt = torch.empty(lib.hs_scan_ckpt_size(ctypes.byref(a))) if save else None
+        a.out, a.last, a.ckpt = targ(out), ptr(last), ptr(ckpt)
+        if lib.hs_scan_forward(ctypes.byref(a)):
+            raise RuntimeError("the cpu selective scan failed (out of memory or threads)")
+        return _cast(out, self.out_dtype), last, ckpt
+
+
+def empty_like_layout(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A new tensor shaped like ``t``: its own layout when dense; channels innermost (a transposed (batch, L, C)
+    block) when ``t`` is a channels-innermost view such as a half of the mixer's (batch, L, 2E) projection; else
+    contiguous. Outputs and gradients then flow into the models' (batch, L, C) linear layers without copies."""
+    dtype = t.dtype if dtype is None else dtype
+    if t.dim() == 3 and t.stride(1) == 1 and t.shape[2] > 1 and not _dense(t):
+        return torch.empty((t.shape[0], t.shape[2], t.shape[1]), dtype=dtype).transpose(1, 2)
+    return torch.empty_like(t, dtype=dtype)
+
+
+def _dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: what ``empty_like`` keeps the strides of."""
+    order = sorted(range(t.dim()), key=lambda i: t.stride(i))
+    expect = 1
+    for i in order:
+        if t.shape[i] != 1 and t.stride(i) != expect:
+            return False
+        expect *= t.shape[i]
+    return True
+
+
+def _readable(t: Tensor | None) -> Tensor | None:
+    """A tensor the kernel can read in place: fp32 / bf16 / fp16 as it is, other dtypes as fp32."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t if t.dtype in _DTYPES else t.float()
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _grad_like(t: Tensor, want: bool) -> Tensor | None:
+    return empty_like_layout(t) if want else None
+
+
+class _SelectiveScanCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse):
+        call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
+        out, last, ckpt = call.forward(save=True)
+        ctx.set_materialize_grads(False)
+        ctx.call = call  # holds detached views of the inputs and the fp32 side tensors
+        ctx.ckpt = ckpt
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias,
+                                                                        initial_state))
+        return out, last
+
+    @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: fail loudly on double grad
+    def backward(ctx, dout, dlast):
+        call: _Call = ctx.call
+        needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state
+        batch, dim, L, G, N = call.shape
+        lib = library()
+        a = call.args()
+        dout = torch.zeros((batch, dim, L)) if dout is None else _readable(dout)
+        dlast = None if dlast is None else dlast.detach().float().contiguous()
+        du = _grad_like(call.u, needs[0])
+        ddelta = _grad_like(call.delta, needs[1])
+        dz = _grad_like(call.z, needs[6]) if call.z is not None else None
+        dB = _grad_like(call.B_in, needs[3])
+        dC = _grad_like(call.C_in, needs[4])
+        dA = torch.empty((dim, N)) if needs[2] else None
+        dD = torch.empty(dim) if call.D is not None and needs[5] else None
+        dbias = torch.empty(dim) if call.bias is not None and needs[7] else None
+        dh0 = torch.empty((batch, dim, N)) if call.h0 is not None and needs[8] else None
+        a.dout, a.du, a.ddelta, a.dz = (targ(t) for t in (dout, du, ddelta, dz))
+        a.dB, a.dC = (targ(None if t is None else t.unsqueeze(1) if t.dim() == 3 else t) for t in (dB, dC))
+        a.dlast, a.ckpt = ptr(dlast), ptr(ctx.ckpt)
+        a.dA, a.dD, a.dbias, a.dh0 = (ptr(t) for t in (dA, dD, dbias, dh0))
+        if lib.hs_scan_backward(ctypes.byref(a)):
+            raise RuntimeError("the cpu selective scan's backward failed (out of memory or threads)")
+        grads = [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
+        out = [None if g is None else _cast(g, ctx.dtypes[i]) for i, g in enumerate(grads)]
+        return (*out, None, None)
+
+
+def selective_scan_cpu(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: Tensor | None = None,
+    reverse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Selective scan with mamba_ssm ``selective_scan_fn`` semantics on the fused C++ kernel (CPU tensors).
+
+    Same arguments and results as ``selective_scan_reference``: out (batch, dim, L) in u's dtype and, with
+    ``return_last_state``, the fp32 last state (batch, dim, N); both differentiable, and so is
+    ``initial_state``. Raises ``CpuScanUnavailable`` when the kernel cannot be built here.
+    """
+    library()
+    if u.numel() == 0:  # nothing to scan: the reference handles the empty shapes
+        from .reference import selective_scan_reference
+
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                        initial_state=initial_state, reverse=reverse)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, last = _SelectiveScanCpu.apply(*tensors, bool(delta_softplus), bool(reverse))
+    else:
+        call = _Call(*tensors, delta_softplus, reverse)
+        out, last, _ = call.forward(save=False)
+    return (out, last) if return_last_state else out
+
+
+__all__ = ["ConvArgs", "CpuScanUnavailable", "ScanBackendWarning", "available", "cache_dir", "empty_like_layout",
+           "library", "ptr", "selective_scan_cpu", "targ"]
+
+
+if __name__ == "__main__":  # python -m hybridsearch.kernels.selective_scan.cpu: build now, print where
+    print(library()._name if available() else "unavailable", file=sys.stdout)

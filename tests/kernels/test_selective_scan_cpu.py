@@ -1,0 +1,360 @@
+"""The ``cpu`` backend (fused C++ kernel) against the float64 loop and the reference; its conv; its build.
+
+The kernel is built once into the user cache (``$HYBRIDSEARCH_CACHE``) and reused by every later test process.
+Without a C++ compiler the backend's own tests skip; ``auto`` falling back to the reference is tested anyway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybridsearch.kernels import causal_conv1d, selective_scan
+from hybridsearch.kernels.selective_scan.causal_conv1d import causal_conv1d_reference
+from hybridsearch.kernels.selective_scan.naive import naive_selective_scan
+
+cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
+dispatch = importlib.import_module("hybridsearch.kernels.selective_scan")
+ref = importlib.import_module("hybridsearch.kernels.selective_scan.reference")
+
+HAS_COMPILER = bool(os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++")))
+needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the cpu backend cannot be built")
+
+OPTS = ("z", "D", "bias", "softplus", "init")
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_backend(monkeypatch):
+    monkeypatch.delenv("HYBRIDSEARCH_SCAN_BACKEND", raising=False)
+
+
+def make_inputs(batch, dim, L, N, groups, opts, dtype=torch.float32, seed=0, layout="contiguous"):
+    """groups=0: 3-D B / C. layout "model": the mixer's views (channels innermost, z half of a wider tensor)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0, shift=0.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(dt)
+
+    bc_shape = (batch, N, L) if groups == 0 else (batch, groups, N, L)
+    softplus = "softplus" in opts
+    if softplus:
+        delta = rnd(batch, dim, L, shift=-1.0)
+        delta[0, 0, 0] = 25.0  # above softplus' threshold: identity branch
+    else:
+        delta = (torch.rand(batch, dim, L, generator=g) * 0.5 + 0.05).to(dtype)
+    t = {
+        "u": rnd(batch, dim, L), "delta": delta, "A": -(torch.rand(dim, N, generator=g) * 1.5 + 0.1),
+        "B": rnd(*bc_shape), "C": rnd(*bc_shape),
+        "D": rnd(dim) if "D" in opts else None, "z": rnd(batch, dim, L) if "z" in opts else None,
+        "delta_bias": rnd(dim, scale=0.1, dt=torch.float32) if "bias" in opts else None,
+        "initial_state": rnd(batch, dim, N, dt=torch.float32) if "init" in opts else None,
+    }
+    if layout == "model":
+        def view(x):  # (b, c, L) as a channels-innermost view into a tensor twice as wide
+            wide = torch.zeros(x.shape[0], x.shape[2], 2 * x.shape[1], dtype=x.dtype)
+            wide[..., : x.shape[1]] = x.transpose(1, 2)
+            return wide[..., : x.shape[1]].transpose(1, 2)
+        t["u"], t["delta"] = view(t["u"]), view(t["delta"])
+        if groups == 0:
+            t["B"], t["C"] = view(t["B"]), view(t["C"])
+        if t["z"] is not None:
+            t["z"] = view(t["z"])
+    return {k: (v.detach().requires_grad_() if v is not None else None) for k, v in t.items()}, softplus
+
+
+def run(fn, x, softplus, reverse, **kw):
+    return fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], softplus,
+              return_last_state=True, initial_state=x["initial_state"], reverse=reverse, **kw)
+
+
+def grads(x, out, last, gout, glast):
+    names = [k for k in NAMES if x[k] is not None]
+    loss = (out.to(gout.dtype) * gout).sum() + (last.to(glast.dtype) * glast).sum()
+    return names, torch.autograd.grad(loss, [x[k] for k in names])
+
+
+def check(L, N, groups, opts, reverse, dtype=torch.float32, batch=2, dim=40, layout="contiguous"):
+    x, softplus = make_inputs(batch, dim, L, N, groups, opts, dtype, layout=layout)
+    x64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in x.items()}
+    g = torch.Generator().manual_seed(1)
+    gout, glast = torch.randn(batch, dim, L, generator=g), torch.randn(batch, dim, N, generator=g)
+    out, last = run(selective_scan, x, softplus, reverse, backend="cpu")
+    assert out.dtype == dtype and out.shape == (batch, dim, L)
+    assert last.dtype == torch.float32 and last.shape == (batch, dim, N)
+    want_out, want_last = run(naive_selective_scan, x64, softplus, reverse)
+    rtol, atol = (1e-4, 1e-5) if dtype == torch.float32 else (2e-2, 2e-2)
+
+    def close(a, b, what):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+
+    close(out, want_out, "out")
+    close(last, want_last, "last_state")
+    names, got = grads(x, out, last, gout, glast)
+    _, want = grads(x64, want_out, want_last, gout.double(), glast.double())
+    for k, gr, gr64 in zip(names, got, want):
+        assert gr.dtype == x[k].dtype and gr.shape == x[k].shape, k
+        close(gr, gr64, f"grad {k}")
+
+
+LAYOUTS = [pytest.param(0, id="G1-3d"), pytest.param(2, id="G2-4d")]
+DIRS = [pytest.param(False, id="fwd"), pytest.param(True, id="rev")]
+
+
+# L 33 and 130 span several checkpoint chunks for every N (chunk = 512 // N positions, at most 128).
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+@pytest.mark.parametrize("opts", [pytest.param((), id="plain"), pytest.param(OPTS, id="all")])
+@pytest.mark.parametrize("groups", LAYOUTS)
+@pytest.mark.parametrize("L", [1, 7, 33, 130], ids=lambda v: f"L{v}")
+@pytest.mark.parametrize("N", [4, 8, 16, 22], ids=lambda v: f"N{v}")
+def test_matches_float64(N, L, groups, opts, reverse):
+    check(L, N, groups, opts, reverse)  # dim 40: per group 20 channels, one full block of 16 and a partial one
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+@pytest.mark.parametrize("opt", OPTS)
+def test_single_option(opt, reverse):
+    check(9, 16, 2, (opt,), reverse)
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("groups", LAYOUTS)
+def test_half_inputs(groups, dtype, reverse):
+    check(33, 16, groups, OPTS, reverse, dtype=dtype)
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+def test_several_parts_per_group(reverse):
+    # 288 channels in one group: 18 blocks, three tasks per sequence whose dB / dC partials are summed
+    check(9, 8, 0, OPTS, reverse, dim=288, batch=2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+@pytest.mark.parametrize("groups", LAYOUTS)
+def test_model_layout_views(groups, reverse):
+    """Channels-innermost views as the mixer passes them; out and the gradients keep that layout."""
+    check(17, 8, groups, OPTS, reverse, layout="model")
+    x, softplus = make_inputs(2, 40, 17, 8, groups, OPTS, layout="model")
+    out, last = run(selective_scan, x, softplus, reverse, backend="cpu")
+    assert out.stride(1) == 1  # (batch, L, dim) memory: the out_proj that follows reads it in place
+    (du, dz) = torch.autograd.grad(out.sum(), [x["u"], x["z"]])
+    assert du.stride(1) == 1 and dz.stride(1) == 1
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+def test_matches_reference(reverse):
+    x, softplus = make_inputs(3, 48, 41, 16, 0, OPTS)
+    g = torch.Generator().manual_seed(2)
+    gout, glast = torch.randn(3, 48, 41, generator=g), torch.randn(3, 48, 16, generator=g)
+    res = {}
+    for backend in ("reference", "cpu"):
+        out, last = run(selective_scan, x, softplus, reverse, backend=backend)
+        res[backend] = (out, last, *grads(x, out, last, gout, glast)[1])
+    for a, b in zip(res["cpu"], res["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_no_grad_path_and_grad_subset():
+    x, softplus = make_inputs(2, 40, 9, 16, 2, OPTS)
+    with torch.no_grad():
+        out_ng, last_ng = run(selective_scan, x, softplus, False, backend="cpu")
+    assert not out_ng.requires_grad
+    out, last = run(selective_scan, x, softplus, False, backend="cpu")
+    torch.testing.assert_close(out_ng, out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(last_ng, last.detach(), rtol=0, atol=0)
+    # only u and the initial state ask for gradients: the others get none and the result is unchanged
+    args = {k: (v.detach() if v is not None else None) for k, v in x.items()}
+    args["u"].requires_grad_()
+    args["initial_state"].requires_grad_()
+    o, l_ = run(selective_scan, args, softplus, False, backend="cpu")
+    du, dh0 = torch.autograd.grad(o.sum() + l_.sum(), [args["u"], args["initial_state"]])
+    du_all, dh0_all = torch.autograd.grad(out.sum() + last.sum(), [x["u"], x["initial_state"]])
+    torch.testing.assert_close(du, du_all, rtol=0, atol=0)
+    torch.testing.assert_close(dh0, dh0_all, rtol=0, atol=0)
+
+
+@needs_kernel
+def test_bitwise_deterministic_for_any_thread_count():
+    x, softplus = make_inputs(4, 288, 33, 16, 0, OPTS)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 1, 3):
+            torch.set_num_threads(n)
+            out, last = run(selective_scan, x, softplus, True, backend="cpu")
+            results.append([out, last, *grads(x, out, last, torch.ones_like(out), torch.ones_like(last))[1]])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_double_backward_raises():
+    x, _ = make_inputs(1, 4, 5, 16, 0, ())
+    out = selective_scan(*[x[k] for k in ("u", "delta", "A", "B", "C")], backend="cpu")
+    (du,) = torch.autograd.grad(out.square().sum(), [x["u"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|twice"):
+        du.sum().backward()
+
+
+@needs_kernel
+def test_bad_shapes_raise_instead_of_reading_out_of_bounds():
+    x, _ = make_inputs(2, 8, 5, 4, 0, ("D",))
+    args = [x[k].detach() for k in ("u", "delta", "A", "B", "C")]
+    with pytest.raises(ValueError, match="delta must be"):
+        selective_scan(args[0], args[1][:, :, :4], *args[2:], backend="cpu")
+    with pytest.raises(ValueError, match="B and C"):
+        selective_scan(*args[:3], args[3][:, :, :4], args[4], backend="cpu")
+    with pytest.raises(ValueError, match="D must be"):
+        selective_scan(*args, D=torch.ones(7), backend="cpu")
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan(args[0], args[1], args[2][:, :3], *args[3:], backend="cpu")
+
+
+# ---- dispatch --------------------------------------------------------------------------------------------------
+@needs_kernel
+def test_auto_picks_cpu_on_cpu_tensors(monkeypatch):
+    calls = []
+    real = cpu.selective_scan_cpu
+    monkeypatch.setattr(cpu, "selective_scan_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, _ = make_inputs(1, 4, 5, 16, 0, ("D",))
+    selective_scan(*[x[k].detach() for k in ("u", "delta", "A", "B", "C", "D")])
+    assert calls == [1]
+    assert dispatch.resolve_backend("auto", x["u"]) == "cpu"
+
+
+@pytest.mark.parametrize("env", ["reference", "cpu", "triton", "mamba_ssm", "auto"])
+def test_environment_chooses_the_backend_of_auto(env, monkeypatch):
+    monkeypatch.setenv("HYBRIDSEARCH_SCAN_BACKEND", env)
+    u = torch.zeros(1, 4, 3)
+    want = env if env != "auto" else ("cpu" if cpu.available() else "reference")
+    assert dispatch.resolve_backend("auto", u) == want
+    assert dispatch.resolve_backend("reference", u) == "reference"  # an explicit backend wins
+
+
+def test_environment_with_an_unknown_backend_fails(monkeypatch):
+    monkeypatch.setenv("HYBRIDSEARCH_SCAN_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="HYBRIDSEARCH_SCAN_BACKEND='gpu' is not a selective_scan backend"):
+        dispatch.resolve_backend("auto", torch.zeros(1, 4, 3))
+
+
+def test_unbuildable_kernel_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(cpu, "_state", {"error": "c++ failed on cpu.cpp: error: boom"})
+    x, _ = make_inputs(1, 4, 5, 16, 0, ("D",))
+    args = [x[k].detach() for k in ("u", "delta", "A", "B", "C", "D")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = selective_scan(*args)
+        selective_scan(*args)
+        causal_conv1d(args[0], torch.ones(4, 4))
+    assert [str(w.message) for w in caught] == [
+        "the cpu selective scan is unavailable (c++ failed on cpu.cpp: error: boom); using the reference backend"]
+    torch.testing.assert_close(out, ref.selective_scan_reference(*args), rtol=0, atol=0)
+    with pytest.raises(cpu.CpuScanUnavailable, match="boom"):
+        selective_scan(*args, backend="cpu")
+
+
+def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+SCAN_ONCE = ("import torch; from hybridsearch.kernels import selective_scan; x = torch.randn(1, 4, 5); "
+             "selective_scan(x, x, -torch.ones(4, 2), torch.ones(1, 2, 5), torch.ones(1, 2, 5)); "
+             "from hybridsearch.kernels.selective_scan import cpu; print(cpu.available())")
+
+
+def test_without_a_compiler_auto_warns_one_line(tmp_path):
+    proc = _python(SCAN_ONCE, {"CXX": "/nonexistent/c++", "HYBRIDSEARCH_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "ScanBackendWarning" in lines[0] and "using the reference backend" in lines[0], lines
+
+
+@needs_kernel
+def test_concurrent_processes_build_once_and_reuse_it(tmp_path):
+    env = {"HYBRIDSEARCH_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", SCAN_ONCE], env={**os.environ, **env}, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 and o.strip() == "True" for p, (o, _) in zip(procs, outs)), outs
+    built = list((tmp_path / "kernels").glob("*.so"))
+    assert len(built) == 1 and not list((tmp_path / "kernels").glob("*.tmp"))
+    mtime = built[0].stat().st_mtime_ns
+    proc = _python(SCAN_ONCE, env)  # a later process loads it as it is
+    assert proc.returncode == 0 and proc.stdout.strip() == "True"
+    assert built[0].stat().st_mtime_ns == mtime
+
+
+# ---- the conv ---------------------------------------------------------------------------------------------------
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+@pytest.mark.parametrize("silu", [False, True], ids=["linear", "silu"])
+@pytest.mark.parametrize("K", [1, 3, 4], ids=lambda v: f"K{v}")
+@pytest.mark.parametrize(("B", "E", "L"), [(2, 5, 1), (3, 40, 17), (1, 33, 300)], ids=lambda v: str(v))
+@pytest.mark.parametrize("layout", ["contiguous", "model"])
+def test_conv_matches_float64(B, E, L, K, silu, reverse, layout):
+    g = torch.Generator().manual_seed(0)
+    if layout == "contiguous":
+        x = torch.randn(B, E, L, generator=g)
+    else:  # the x half of the mixer's (B, L, 2E) projection, as a (B, E, L) view
+        x = torch.randn(B, L, 2 * E, generator=g)[..., :E].transpose(1, 2)
+    x = x.detach().requires_grad_()
+    w, b = torch.randn(E, 1, K, generator=g).requires_grad_(), torch.randn(E, generator=g).requires_grad_()
+    out = causal_conv1d(x, w, b, silu=silu, reverse=reverse, backend="cpu")
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    want = causal_conv1d_reference(x64, w64.squeeze(1), b64, silu, reverse)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    if layout == "model":
+        assert out.stride(1) == 1
+    gout = torch.randn(B, E, L, generator=g)
+    got = torch.autograd.grad((out * gout).sum(), [x, w, b])
+    exp = torch.autograd.grad((want * gout.double()).sum(), [x64, w64, b64])
+    for a, e, name in zip(got, exp, ("dx", "dw", "dbias")):
+        assert a.shape == e.shape, name
+        torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5 * max(1.0, e.abs().max().item()),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@needs_kernel
+def test_conv_half_inputs_and_determinism():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 33, generator=g).bfloat16().requires_grad_()
+    w, b = torch.randn(64, 4, generator=g).requires_grad_(), torch.randn(64, generator=g).requires_grad_()
+    runs = []
+    for _ in range(2):
+        out = causal_conv1d(x, w, b, reverse=True, backend="cpu")
+        runs.append([out, *torch.autograd.grad(out.float().sum(), [x, w, b])])
+    assert runs[0][0].dtype == torch.bfloat16 and runs[0][1].dtype == torch.bfloat16
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+    want = causal_conv1d_reference(x.detach().double(), w.detach().double(), b.detach().double(), True, True)
+    torch.testing.assert_close(runs[0][0].double(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_conv_backend_follows_the_scan_backend(monkeypatch):
+    monkeypatch.setenv("HYBRIDSEARCH_SCAN_BACKEND", "reference")
+    x, w = torch.randn(2, 8, 6), torch.randn(8, 4)
+    out = causal_conv1d(x, w, reverse=True)
+    torch.testing.assert_close(out, causal_conv1d_reference(x, w, None, True, True), rtol=0, atol=0)
