@@ -400,7 +400,8 @@ def normalize_lm_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_into(model: nn.Module, sd: dict[str, Tensor], path: str, ignore: tuple[str, ...] = ()) -> None:
-    """Strict load that reports every missing, unexpected and mis-shaped key at once."""
+    """Strict load that reports every missing, unexpected and mis-shaped key at once, and refuses a tensor that is
+    not floating point or holds NaN / infinite values."""
     own = model.state_dict()
     wanted = {k for k in own if not k.startswith(ignore)}
     given = {k for k in sd if not k.startswith(ignore)}
@@ -419,6 +420,13 @@ def load_into(model: nn.Module, sd: dict[str, Tensor], path: str, ignore: tuple[
         problems.append(f"shape mismatches: {'; '.join(shapes[:20])}")
     if problems:
         raise CheckpointError(f"{path}: does not match the model: " + " | ".join(problems))
+    for k in sorted(wanted):  # a value no weight can have: refused here, not found as a NaN loss later
+        t = sd[k]
+        if not t.is_floating_point():
+            raise CheckpointError(f"{path}: {k}: a {str(t.dtype).removeprefix('torch.')} tensor; weights are "
+                                  "floating point (float32, float16, bfloat16, ...)")
+        if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: {k}: holds NaN or infinite values; every weight must be finite")
     with torch.no_grad():
         for k in wanted:
             own[k].copy_(sd[k].to(own[k].dtype))

@@ -249,6 +249,29 @@ def test_odd_vim_shapes_are_refused(tmp_path, capsys, case):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    (math.nan, "holds NaN or infinite values"), (math.inf, "holds NaN or infinite values"),
+    ("int", "layers.1.mixer.D: a int64 tensor; weights are floating point"),
+])
+def test_weights_must_be_finite_floats(tmp_path, value, expected):
+    def edit(sd):
+        if value == "int":
+            sd["layers.1.mixer.D"] = sd["layers.1.mixer.D"].long()
+        else:
+            sd["layers.1.mixer.D"][3] = value
+
+    path = _vim_file(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=expected) as e:
+        create_model(path)
+    assert str(e.value).startswith(str(path))
+    lm = save_mamba(tiny_model("lm"), tmp_path / "lm")
+    sd = torch.load(lm / "pytorch_model.bin", weights_only=True)
+    sd["backbone.norm_f.weight"][0] = math.nan
+    torch.save(sd, lm / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="backbone.norm_f.weight: holds NaN or infinite values"):
+        create_model(lm)
+
+
 def test_state_dict_keys_must_be_strings(tmp_path):
     path = tmp_path / "intkeys.pth"
     torch.save({"model": {1: torch.zeros(2)}}, path)
