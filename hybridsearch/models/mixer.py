@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import selective_scan
-from .hooks import AffixHook, TokenInserter, add_branches, effective
+from ..kernels import causal_conv1d, selective_scan
+from .hooks import AffixHook, add_branches, effective
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
 _SUFFIX = {"f": "", "b": "_b"}
@@ -91,18 +91,25 @@ class MambaMixer(nn.Module):
             h, keep = affix.insert_outer(h)
         w_in = effective(self, "in_proj.weight", self.in_proj.weight)
         xz = add_branches(self, "in_proj", h, F.linear(h, w_in))  # (B, L', 2E)
-        xz = xz.transpose(1, 2)  # (B, 2E, L')
+        # x and z as channels-innermost (B, E, L') views: the fused CPU kernels read them in place and the
+        # split's backward is one concatenation (slices would cost a zero fill and a copy each).
+        x, z = (t.transpose(1, 2) for t in xz.split(self.d_inner, dim=-1))
         ys = []
         for d in self.directions:
-            seq = xz if d == "f" else xz.flip(-1)
             inner = prefix = None
             if affix is not None and not affix.outer:
                 if self.affix_as_state and self.scan_backend != "mamba_ssm":
                     prefix = affix.prefix(d)
                 if prefix is None:
                     inner = affix.inner(d)
-            y = self._scan_direction(seq, d, inner, prefix)
-            ys.append(y if d == "f" else y.flip(-1))
+            if inner is None:  # the backward direction scans and convolves in reverse: nothing is flipped
+                ys.append(self._scan_direction(x, z, d, reverse=d == "b", prefix=prefix))
+            else:  # explicit tokens go in the direction's scan order, so the backward scan takes a flipped copy
+                seq = xz.transpose(1, 2)
+                seq, kept = inner(seq if d == "f" else seq.flip(-1))
+                E = self.d_inner
+                y = self._scan_direction(seq[:, :E], seq[:, E:], d)[..., kept]
+                ys.append(y if d == "f" else y.flip(-1))
         y = ys[0] if len(ys) == 1 else (ys[0] + ys[1]) / 2  # Vim "if_devide_out"
         y = y.transpose(1, 2)  # (B, L', E)
         if affix is not None and affix.outer:
@@ -110,45 +117,46 @@ class MambaMixer(nn.Module):
         w_out = effective(self, "out_proj.weight", self.out_proj.weight)
         return add_branches(self, "out_proj", y, F.linear(y, w_out))
 
-    def _scan_direction(self, xz: Tensor, d: str, affix_tokens: TokenInserter | None = None,
+    def _scan_direction(self, x: Tensor, z: Tensor, d: str, reverse: bool = False,
                         prefix: Tensor | None = None) -> Tensor:
-        """One scan over xz (B, 2E, L) in scan order; returns the gated output (B, E, L).
+        """One direction's conv and scan over x, z (B, E, L); returns the gated output (B, E, L).
 
-        ``affix_tokens`` inserts tokens into the sequence explicitly (their outputs are dropped). ``prefix``
-        (n, 2E) are prefix tokens shared by the batch, handled without putting them in the sequence: their only
-        effect on the real tokens is the scan state after them and the conv's left context, both batch
-        independent, so the prefix is scanned once with batch 1 and the sequence starts from its last state.
+        ``reverse`` runs the direction in reverse order (the conv of the flipped sequence, the scan from the
+        last position) on the unflipped tensors. ``prefix`` (n, 2E) are prefix tokens shared by the batch,
+        handled without putting them in the sequence: their only effect on the real tokens is the scan state
+        after them and the conv's context before position 0 (in scan order), both batch independent, so the
+        prefix is scanned once with batch 1 and the sequence starts from its last state.
         """
-        keep = None
-        if affix_tokens is not None:
-            xz, keep = affix_tokens(xz)
-        E, K1 = self.d_inner, self.d_conv - 1
-        L = xz.shape[-1]
-        x, z = xz[:, :E], xz[:, E:]
+        E, K1, backend = self.d_inner, self.d_conv - 1, self.scan_backend
+        L = x.shape[-1]
         conv_w, conv_b = self.eff("conv1d.weight", d), self.eff("conv1d.bias", d)
         D, dt_bias = self.eff("D", d).float(), self.eff("dt_proj.bias", d).float()
         h0 = None
         if prefix is None:
-            x = F.silu(F.conv1d(x, conv_w, conv_b, padding=K1, groups=E)[..., :L])
+            x = causal_conv1d(x, conv_w, conv_b, reverse=reverse, backend=backend)
         else:
-            px = prefix.to(xz.dtype).t()[None, :E]  # (1, E, n); the tokens' z half only gates dropped outputs
-            n = px.shape[-1]
-            x_pre = F.silu(F.conv1d(px, conv_w, conv_b, padding=K1, groups=E)[..., :n])
+            px = prefix.to(x.dtype).t()[None, :E]  # (1, E, n) in scan order; the z half only gates dropped outputs
+            x_pre = causal_conv1d(px, conv_w, conv_b, backend=backend)
             ctx = F.pad(px, (K1, 0))[..., px.shape[-1]:]  # the K1 conv inputs before position 0 (zeros if n < K1)
-            x = F.silu(F.conv1d(torch.cat([ctx.expand(x.shape[0], -1, -1), x], -1), conv_w, conv_b, groups=E))
+            ctx = ctx.expand(x.shape[0], -1, -1)
+            if reverse:  # in scan order the context comes right after the last position
+                x = causal_conv1d(torch.cat([x, ctx.flip(-1)], -1), conv_w, conv_b, reverse=True,
+                                  backend=backend)[..., :L]
+            else:
+                x = causal_conv1d(torch.cat([ctx, x], -1), conv_w, conv_b, backend=backend)[..., K1:]
             delta_p, A_p, B_p, C_p = self._ssm_inputs(x_pre, d)
             _, h0 = selective_scan(x_pre, delta_p, A_p, B_p, C_p, delta_bias=dt_bias, delta_softplus=True,
-                                   return_last_state=True, backend=self.scan_backend)
+                                   return_last_state=True, backend=backend)
             h0 = h0.expand(x.shape[0], -1, -1)
         delta, A, B, C = self._ssm_inputs(x, d)
-        y = selective_scan(
+        return selective_scan(
             x, delta, A, B, C, D, z=z, delta_bias=dt_bias, delta_softplus=True, initial_state=h0,
-            backend=self.scan_backend,
+            reverse=reverse, backend=backend,
         )
-        return y if keep is None else y[..., keep]
 
     def _ssm_inputs(self, x: Tensor, d: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """delta (B, E, L), A (E, N), contiguous B and C (B, N, L) from the conv output x (B, E, L)."""
+        """delta (B, E, L), A (E, N), B and C (B, N, L) from the conv output x (B, E, L); all but A are
+        transposed views of (B, L, .) tensors, which every scan backend reads (or copies) as it needs."""
         N, R = self.d_state, self.dt_rank
         x_dbl = F.linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
@@ -159,4 +167,4 @@ class MambaMixer(nn.Module):
             extra = m.extra_states(d, x)
             if extra is not None:
                 A, B, C = extra.concat(A, B, C)
-        return delta, A, B.contiguous(), C.contiguous()
+        return delta, A, B, C
