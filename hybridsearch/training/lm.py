@@ -31,7 +31,7 @@ from ..data.commonsense import (
 from ..data.tokenizers import ByteTokenizer, TextTokenizer
 from ..errors import TrialFailure
 from ..peft import PeftConfig
-from .recipe import optimizer_groups
+from .recipe import adamw, optimizer_groups
 
 # README learning rates of MambaPEFT's language experiments (3e-4 for every other preset).
 REFERENCE_LR: dict[str, float] = {"full": 5e-5, "lora_X": 1e-3, "additional_scan": 5e-3, "affix": 1e-4}
@@ -149,7 +149,7 @@ def train_lm(
     val_records = as_records(val) if val is not None else None
     pad_id = tokenizer.pad_id if r.pad_id is None else r.pad_id
     groups = optimizer_groups(model, r.lr, r.weight_decay)
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    opt = adamw(groups)
     trainable = [p for g in groups for p in g["params"]]
     steps_per_epoch = max(1, math.ceil(len(examples) / r.batch_size))
     total = steps_per_epoch * r.epochs if r.max_steps is None else min(r.max_steps, steps_per_epoch * r.epochs)

@@ -57,13 +57,25 @@ def optimizer_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_m
     return groups
 
 
+def adamw(groups: list[dict]) -> torch.optim.AdamW:
+    """AdamW (betas 0.9 / 0.999, eps 1e-8); on the CPU its fused kernel: one pass over all parameters instead of
+    a dozen small ops per tensor (measured 9x faster a step on vim-proxy, benchmarks/RESULTS.md)."""
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.device.type == "cpu" and p.is_floating_point() for p in params):
+        try:
+            return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # a torch without the fused CPU kernel
+            pass
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     groups = optimizer_groups(model, recipe.lr, recipe.weight_decay, recipe.head_lr_mult, recipe.head_decay_mult)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9)
     if recipe.optimizer != "adamw":
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    return adamw(groups)
 
 
 def lr_factor(step: int, total: int, warmup: int, recipe: Recipe) -> float:
