@@ -40,6 +40,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 SEARCH_TASKS: tuple[str, ...] = ("clevr_count", "dmlab", "oxford_iiit_pet", "patch_camelyon", "sun397")
 MAX_CLASSES = 1_000_000  # a class count (and a label) beyond this describes no dataset
 _MAX_META_BYTES = 16 * 1024 * 1024  # manifest.json, classes.txt
+_MAX_LIST_BYTES = 64 * 1024 * 1024  # a list file: the largest real one (dsprites test.txt) is about 3 MB
 _LABEL_RE = re.compile(r"[+-]?[0-9]+")
 
 
@@ -132,7 +133,7 @@ def read_list(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
     lf = Path(path)
     if not lf.is_file():
         raise DataError(f"list file {lf} not found")
-    text = read_text(lf, error=DataError, what="list file")
+    text = read_text(lf, error=DataError, what="list file", max_bytes=_MAX_LIST_BYTES)
     out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         try:
@@ -477,7 +478,7 @@ def _check_split(root: Path, task: str, split: str, n_cls: int | None, decode: b
         rep.problems.append(Problem(str(lf), None, "missing_list", "list file not found"))
         return
     try:
-        lines = read_text(lf, error=DataError, what="list file").splitlines()
+        lines = read_text(lf, error=DataError, what="list file", max_bytes=_MAX_LIST_BYTES).splitlines()
     except DataError as e:
         rep.problems.append(Problem(str(lf), None, "bad_list", str(e).removeprefix(f"{lf}: ")))
         return

@@ -129,6 +129,15 @@ def test_absurd_labels_are_refused(tree):
         lambda: vtab.split_entries(tree, "mytask", "train800"))
 
 
+def test_an_oversized_list_file_is_refused(tree, monkeypatch):
+    monkeypatch.setattr(vtab, "_MAX_LIST_BYTES", 100)  # the real limit is 64 MiB; the rule is the same
+    lf = tree / "mytask" / "train800.txt"
+    lf.write_text("images/train800/000000.png 0\n" * 10)
+    assert "larger than 100 bytes, the limit for a list file" in data_error(
+        lambda: vtab.split_entries(tree, "mytask", "train800"))
+    assert any(p.startswith(str(lf)) and "larger than 100 bytes" in p for p in reported(tree))
+
+
 # -- mini-VTAB: seed, lock file, manifest ---------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**200, True, 1.5])
 def test_seed_out_of_range(tmp_path, monkeypatch, seed):

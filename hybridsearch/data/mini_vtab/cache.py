@@ -87,7 +87,11 @@ def ensure_mini_vtab(
             if not verify_mini_vtab(dest):
                 return dest  # another worker built it while we waited
             broken = dest.with_name(f".{dest.name}.broken-{os.getpid()}")
-            os.rename(dest, broken)
+            try:
+                os.rename(dest, broken)
+            except OSError as e:
+                raise DataError(f"{dest}: a broken mini-VTAB cache that cannot be moved aside "
+                                f"({e.strerror or type(e).__name__}); remove it") from None
             shutil.rmtree(broken, ignore_errors=True)
         try:
             build_mini_vtab(dest, seed, tasks=tasks, n_train=n_train, n_val=n_val, n_test=n_test)
