@@ -24,6 +24,7 @@ from hybridsearch.data.commonsense import BUNDLED_ROOT, TRAIN_FILE, collate, loa
 from hybridsearch.peft import param_groups
 from hybridsearch.training.lm import LMRecipe, _step, _tokenize
 from hybridsearch.training.lm_loading import load_lm
+from hybridsearch.training.recipe import adamw
 
 CONFIGS: dict[str, dict | None] = {
     "full_ft": None,
@@ -55,7 +56,7 @@ def bench(peft: dict | None, frozen: bool, device: str, steps: int, batch: int, 
         groups = param_groups(model, 1e-4, 0.0)
         for g in groups:
             g["initial_lr"] = g["lr"]
-        opt = torch.optim.AdamW(groups)
+        opt = adamw(groups)  # the trainer's own optimizer (fused on the CPU)
         trainable = [p for g in groups for p in g["params"]]
         model.train()
 
