@@ -30,8 +30,9 @@ typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 
 inline vf splat(float x) { return vf{} + x; }
 inline vf select(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
-inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
-inline vf vmin(vf a, vf b) { return select(a < b, a, b); }
+// The ternary form compiles to one max / min instruction on x86 (the bitwise select costs three).
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 inline vf vabs(vf a) { return (vf)((vi)a & 0x7fffffff); }
 
 // exp: Cody-Waite reduction to |r| <= ln2 / 2 and the cephes expf polynomial (about 1 ulp), evaluated by
@@ -59,7 +60,8 @@ inline vf vexp(vf x) {
 // scheme; 0 below 2^-125 (no subnormal results).
 inline vf vexp2(vf y) {
   const float lo = -125.0f;
-  vf yc = vmin(vmax(y, splat(lo)), splat(127.0f));
+  // Lanes below lo are zeroed at the end whatever they compute, so only the upper bound needs a clamp.
+  vf yc = vmin(y, splat(127.0f));
   const float magic = 12582912.0f;
   vf k = (yc + magic) - magic;
   vf f = yc - k;
@@ -70,7 +72,7 @@ inline vf vexp2(vf y) {
   vf p = (f2 * c + b) * f2 + a;
   vi ki = __builtin_convertvector(k, vi);
   vf scale = (vf)((ki + 127) << 23);
-  return select(y < lo, vf{}, (f * p + 1.0f) * scale);
+  return y < lo ? vf{} : (f * p + 1.0f) * scale;
 }
 
 // torch's softplus (beta 1, threshold 20): x above 20, else max(x, 0) + log1p(exp(-|x|)), where
