@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from . import commands
+from .display import printable
 from .errors import HybridSearchError
 
 
@@ -42,11 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     except HybridSearchError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"hybridsearch {args.command}: error: {e}", file=sys.stderr)
+        print(f"hybridsearch {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP of a search (errors.Interrupted)
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
+
+
+def one_line(message: str) -> str:
+    """An error message as the one line the CLI promises: URL passwords masked, control characters escaped."""
+    from .search.storage import redact
+
+    return printable(redact(message))
 
 
 if __name__ == "__main__":

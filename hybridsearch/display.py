@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 
 PIPED_WIDTH = 140
@@ -12,3 +14,12 @@ def console() -> Console:
     methods, task and key names that the tables exist to show)."""
     c = Console()
     return c if c.is_terminal else Console(width=max(c.width, PIPED_WIDTH))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal line: control characters (escape sequences, carriage returns, line breaks)
+    shown escaped, as ``repr`` shows them, never sent raw."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text.replace("\n", "\\n"))

@@ -25,3 +25,11 @@ class StorageError(HybridSearchError):
 
 class TrialFailure(HybridSearchError):
     """A trial cannot finish (non-finite loss, out of memory, bad data); the study goes on."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, unwinding like Ctrl-C (running trials are marked interrupted and re-run on resume)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -17,11 +17,12 @@ def load_study(name: str, storage: str | None):
     import optuna
 
     from ..errors import StorageError
-    from ..search.storage import open_storage
+    from ..search.storage import mask_url, open_storage, storage_faults
 
-    try:
-        return optuna.load_study(study_name=name, storage=open_storage(storage))
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
-        raise StorageError(f"no study {name!r} in {storage or DEFAULT_STORAGE}; studies there: "
-                           f"{', '.join(names) or 'none'}") from None
+    with storage_faults(storage):
+        try:
+            return optuna.load_study(study_name=name, storage=open_storage(storage))
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+            raise StorageError(f"no study {name!r} in {mask_url(storage)}; studies there: "
+                               f"{', '.join(names) or 'none'}") from None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import optuna
 
 from ..display import console as make_console
+from ..display import printable
 from ..search.results import leaderboard, summary
 
 
 def render(study: optuna.Study, limit: int = 20) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     rows = leaderboard(study)
     s = summary(study)
@@ -24,7 +26,7 @@ def render(study: optuna.Study, limit: int = 20) -> None:
             note = f"baseline {r['baseline']}" + (f"; {note}" if note else "")
         t.add_row(str(r["number"]), r["state"], "" if r["score"] is None else f"{r['score']:.4f}",
                   "" if r["trainable"] is None else f"{r['trainable']:,}", ", ".join(r["methods"]),
-                  "" if r["seconds"] is None else f"{r['seconds']:.1f}", (note or "")[:60])
+                  "" if r["seconds"] is None else f"{r['seconds']:.1f}", Text(printable(note or "")[:60]))
     console = make_console()
     console.print(t)
     if b := s["baselines"]:

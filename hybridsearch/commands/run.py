@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from ..display import printable
 from ..errors import ConfigError
 from ..search.run import ENGINES
 from ._common import add_storage
@@ -82,9 +83,29 @@ def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: in
                       workers=len(devices) if devices else default_workers(args.workers), timeout=args.timeout,
                       seed=args.seed, data_root=args.data_root, devices=devices, stage=stage, chosen=chosen)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opts.validate()
+    _check_out(_out(args, study_name))  # before the search, not after it ran
     run_search(opts, engine=args.engine, engine_options=_ray_options(args), preflight=preflight,
                monitor=lambda _: _Progress(), on_study=lambda study: _report(args, study))
     return 0
+
+
+def _out(args: argparse.Namespace, study: str) -> Path:
+    from ..search.study import folder_name
+
+    return args.out or Path("runs") / folder_name(study)
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can write (created if missing)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the leaderboard and the winner")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create it ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: not writable")
 
 
 def _report(args: argparse.Namespace, study) -> None:
@@ -93,7 +114,7 @@ def _report(args: argparse.Namespace, study) -> None:
     from ._leaderboard import render
 
     render(study)
-    out = args.out or Path("runs") / study.study_name.replace("/", "_")
+    out = _out(args, study.study_name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "leaderboard.json").write_text(
         json.dumps({"summary": summary(study), "trials": leaderboard(study)}, indent=2, default=str) + "\n")
@@ -178,6 +199,6 @@ class _Progress:
         seconds = "" if r["seconds"] is None else f" {r['seconds']:.0f}s"
         trainable = "-" if r["trainable"] is None else f"{r['trainable']:,}"
         note = r["failure"] or (f"baseline {r['baseline']}" if r["baseline"] else "")
-        self.progress.console.print(f"trial {r['number']}: {r['state']} {value} [{', '.join(r['methods']) or '-'}] "
-                                    f"trainable={trainable}{seconds} {note}".rstrip(),
-                                    markup=False, highlight=False, soft_wrap=True)
+        line = (f"trial {r['number']}: {r['state']} {value} [{', '.join(r['methods']) or '-'}] "
+                f"trainable={trainable}{seconds} {note}".rstrip())
+        self.progress.console.print(printable(line), markup=False, highlight=False, soft_wrap=True)

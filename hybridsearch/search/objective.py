@@ -18,6 +18,7 @@ from ..peft import count_parameters
 from ..tasks import TaskData
 from ..training.recipe import Recipe
 from .space import SearchSpace, check_budget
+from .storage import StorageFault, is_storage_fault
 from .study import owner
 
 
@@ -42,8 +43,12 @@ def trial_seed(trial: optuna.Trial, base: int) -> int:
 class Objective:
     """Callable for ``study.optimize``; raises ``TrialPruned`` or ``TrialFailure`` to end a trial early."""
 
-    def __init__(self, space: SearchSpace, tasks: list[TaskData], device: str = "cpu", seed: int = 0) -> None:
-        self.space, self.tasks, self.device, self.seed = space, tasks, device, seed
+    def __init__(self, space: SearchSpace, tasks: list[TaskData], device: str = "cpu", seed: int = 0,
+                 data: str | None = None) -> None:
+        self.space, self.tasks, self.device, self.seed, self.data = space, tasks, device, seed, data
+        # the budget counts the model that trains: its head has the classes of the data, not of the task table
+        classes = max((t.num_classes for t in tasks), default=0) if space.family.has_head else 0
+        self.num_classes = classes or None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         t0 = time.perf_counter()
@@ -57,7 +62,10 @@ class Objective:
         recipe.epochs = int(self.space.fidelity.epochs)
         trial.set_user_attr("fidelity", {"epochs": recipe.epochs, "tasks": [t.name for t in self.tasks],
                                          "train_examples": [t.train_examples for t in self.tasks]})
-        within, counts = check_budget(self.space, sampled.peft)  # exact counts, before any training
+        if self.data is not None:
+            trial.set_user_attr("data", self.data)
+        # exact counts, before any training
+        within, counts = check_budget(self.space, sampled.peft, num_classes=self.num_classes)
         trial.set_user_attr("counts", counts)
         trial.set_user_attr("trainable", counts["trainable"])
         if not within:
@@ -77,12 +85,14 @@ class Objective:
             _release(e)
             trial.set_user_attr("timings", timings)
             raise
-        except torch.OutOfMemoryError as e:
-            self._fail(trial, f"out of memory: {str(_release(e)).splitlines()[0]}")
-        except HybridSearchError as e:  # TrialFailure among them
-            self._fail(trial, str(_release(e)))
-        except Exception as e:  # a broken trial fails that trial, never the study
-            self._fail(trial, f"{type(_release(e)).__name__}: {e}")
+        except Exception as e:
+            _release(e)
+            if is_storage_fault(e) or isinstance(e, StorageFault):
+                raise  # not the trial's failure: the run stops, the trial runs again on resume
+            if isinstance(e, torch.OutOfMemoryError):
+                self._fail(trial, f"out of memory: {str(e).splitlines()[0]}")
+            # a broken trial fails that trial, never the study (TrialFailure and other HybridSearchErrors say why)
+            self._fail(trial, str(e) if isinstance(e, HybridSearchError) else f"{type(e).__name__}: {e}")
         finally:
             gc.collect()
             if torch.cuda.is_available():

@@ -1,7 +1,8 @@
 """The Ray engine: Ray executes trials, the Optuna study in its storage stays the single source of truth.
 
 The driver owns the trial life-cycle with Optuna's ask/tell, using the very study (sampler, pruner, seed) the
-Optuna engine opens. For each trial it calls ``study.ask()`` and draws the whole configuration with
+Optuna engine opens. For each trial it asks the study as the Optuna engine does (``study.next_trial``: retries
+of interrupted trials first, a sampler seeded by the trial's number) and draws the whole configuration with
 ``space.sample(trial)`` (one translation of the YAML space, sequential sampling from one seeded sampler), then
 submits a Ray task. The task re-opens the study from the storage URL, rebinds to the same trial
 (``optuna.trial.Trial(study, trial_id)``: every parameter is already set, so nothing is re-sampled) and runs
@@ -31,12 +32,10 @@ import functools
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,14 +46,16 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, HybridSearchError, TrialFailure
+from .interrupts import signals_as_interrupt
 from .objective import Objective
-from .storage import DEFAULT_STORAGE, open_storage
+from .storage import DEFAULT_STORAGE, StorageFault, is_storage_fault, open_storage, storage_faults
 from .study import (
     Heartbeat,
     RunOptions,
     check_data,
     claimed,
     load_search_tasks,
+    next_trial,
     open_study,
     owner,
     recover_stale,
@@ -184,21 +185,30 @@ def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: 
                                           sampler=optuna.samplers.RandomSampler(), pruner=space.make_pruner())
         trial = optuna.trial.Trial(storage_study, trial_id)
         base = int(storage_study.user_attrs.get("seed", 0))
-        tasks = load_search_tasks(space, opts.data_root or storage_study.user_attrs.get("data_root"))
-        objective = Objective(space, tasks, device, seed=base)
+        attrs = storage_study.user_attrs
+        tasks = load_search_tasks(space, opts.data_root or attrs.get("data_root"))
+        objective = Objective(space, tasks, device, seed=base, data=attrs.get("data"))
         trial.set_user_attr("ray", {"attempt": attempt, "node": _node_id(), "cpus": cpus, "gpus": gpus,
                                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                     "setup_s": round(time.perf_counter() - t0, 3)})
         value = objective(trial)
     except optuna.TrialPruned:
         return {"state": "PRUNED"}
-    except TrialFailure as e:
-        reason = str(e)
-        return {"state": "FAIL", "reason": reason, "retry": reason.startswith(RETRYABLE_FAILURES)}
-    except Exception as e:  # outside the objective's own handling: data, storage, environment
-        return {"state": "FAIL", "reason": f"{type(e).__name__}: {e}", "retry": True}
+    except Exception as e:
+        if is_storage_fault(e) or isinstance(e, StorageFault):  # not the trial's: the driver stops the run
+            return {"state": "STORAGE", "reason": str(StorageFault(opts.storage, e, opts.study))
+                    if not isinstance(e, StorageFault) else str(e)}
+        return _failure(e)
     values = list(value) if isinstance(value, (tuple, list)) else [value]
     return {"state": "COMPLETE", "values": [float(v) for v in values]}
+
+
+def _failure(e: Exception) -> dict[str, Any]:
+    if isinstance(e, TrialFailure):
+        reason = str(e)
+        return {"state": "FAIL", "reason": reason, "retry": reason.startswith(RETRYABLE_FAILURES)}
+    # outside the objective's own handling: data, environment
+    return {"state": "FAIL", "reason": f"{type(e).__name__}: {e}", "retry": True}
 
 
 @functools.lru_cache(maxsize=4)
@@ -245,6 +255,7 @@ class _Driver:
         self.study, self.space, self.opts, self.ro = study, space, opts, ro
         self.on_trial, self.poll = on_trial, poll
         self.target = int(study.user_attrs["target_trials"])
+        self.seed = opts.seed if opts.seed is not None else space.sampler.seed
         self.deadline = time.time() + opts.timeout if opts.timeout else None
         # resources in the decorator, not .options(): only then does Ray give each GPU trial a fresh worker
         # process (max_calls=1), so a finished trial's CUDA memory is freed and CUDA_VISIBLE_DEVICES is right
@@ -275,12 +286,9 @@ class _Driver:
         return claimed(self.study) < self.target  # running trials (ours included) count, as in engine.py
 
     def _ask(self) -> _Job:
-        # ask() takes a waiting (re-queued) trial first; else create the trial already owned (one storage
-        # write), so a driver killed at any point leaves no RUNNING trial without an owner for recover_stale
-        if not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            self.study.enqueue_trial({}, user_attrs=self._owner(), skip_if_exists=False)
-        trial = self.study.ask()
-        self._owned(trial._trial_id)
+        # a new trial is created already owned (one storage write), so a driver killed at any point leaves no
+        # RUNNING trial without an owner for recover_stale
+        trial = next_trial(self.study, self.space, self.seed, self._owner())
         self.space.sample(trial)  # the driver's sampler draws every parameter, in trial order
         return _Job(trial._trial_id, trial.number)
 
@@ -305,6 +313,9 @@ class _Driver:
             res = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:  # worker or node died, task lost
             res = {"state": "FAIL", "reason": f"{type(e).__name__}: {str(e).splitlines()[0]}", "retry": True}
+        if res["state"] == "STORAGE":  # the trial stays unfinished: re-queued on resume (_abandon, recover_stale)
+            self.pending[ref] = job
+            raise HybridSearchError(res["reason"])
         if res["state"] == "FAIL" and res.get("retry") and job.attempt <= self.ro.max_retries:
             job.retries.append({"attempt": job.attempt, "reason": res["reason"]})
             self.study._storage.set_trial_user_attr(job.trial_id, "retries", job.retries)
@@ -333,11 +344,13 @@ class _Driver:
             self.on_trial(self.study, frozen)
 
     def _abandon(self) -> None:
-        """Interrupted: cancel in-flight tasks, mark their trials FAIL and re-queue them (same parameters)."""
+        """Interrupted: cancel in-flight tasks, mark their trials FAIL and re-queue them (same parameters); a
+        storage that cannot take it leaves them RUNNING, and the next ``recover_stale`` re-queues them."""
         for ref, job in list(self.pending.items()):
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
-            requeue(self.study, job.trial_id, "driver interrupted; re-queued")
+            with contextlib.suppress(Exception):
+                requeue(self.study, job.trial_id, "driver interrupted; re-queued")
         self.pending.clear()
 
 
@@ -357,23 +370,6 @@ def _portable(opts: RunOptions) -> RunOptions:
                                data_root=absolute(opts.data_root), devices=None)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler pre-empting the driver) unwinds like Ctrl-C: in-flight trials are re-queued."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(*_: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def run_ray_study(opts: RunOptions, ro: RayOptions | None = None, on_trial: Callable | None = None,
                   poll: Callable | None = None) -> optuna.Study:
     """Create or resume the study, recover trials of dead drivers or workers, run trials on Ray until the
@@ -382,10 +378,11 @@ def run_ray_study(opts: RunOptions, ro: RayOptions | None = None, on_trial: Call
     ro.validate()
     opts = _portable(opts)
     space = stage_space(opts)
-    check_data(opts, space)
-    with ray_session(ro), _sigterm_as_interrupt():  # after ray.init, which installs its own SIGTERM handler
+    data = check_data(opts, space)
+    # signals after ray.init, which installs its own SIGTERM handler
+    with ray_session(ro), signals_as_interrupt(), storage_faults(opts.storage, opts.study):
         slots = _capacity(_import_ray(), ro)  # a cluster too small fails before the study is touched
-        study = open_study(opts, space, create=True)
+        study = open_study(opts, space, create=True, data=data)
         recover_stale(study)
         _Driver(study, space, opts, ro, on_trial, poll).run(slots)
     if poll is not None:

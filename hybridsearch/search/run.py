@@ -69,6 +69,7 @@ def run_search(opts: RunOptions, *, engine: str = "optuna", engine_options: Any 
     created; ``monitor`` is entered around each study's run and ``on_study`` called as each one ends.
     ``opts.stage`` set (a resumed stage) runs that one study only."""
     run_one = ENGINES.get(engine)
+    opts.validate()
     space = load_space(opts.space_ref)
     if preflight:
         from .preflight import preflight as check

@@ -12,10 +12,15 @@ Crash safety beyond Optuna's defaults (a worker may be SIGKILLed at any instruct
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import importlib.util
 import os
+import re
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +131,36 @@ def _driver_url(url: str) -> str:
     return url
 
 
+def _rdb(url: str, kwargs: dict[str, Any], sqlite_file: Path | None) -> optuna.storages.RDBStorage:
+    """RDBStorage. Two processes creating a new database at once race on its schema (Optuna creates the tables
+    and the version row without a lock): a SQLite file is created under a file lock; on a server, the slower
+    process finds the schema there and opens it again."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if sqlite_file is not None:
+        with _file_lock(sqlite_file.with_name(sqlite_file.name + ".init.lock")):
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except SQLAlchemyError as e:
+            racing = any(w in str(e).lower() for w in ("already exists", "duplicate key", "unique constraint"))
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def open_storage(url: str | None) -> optuna.storages.BaseStorage:
     """``None`` -> ./runs/hybridsearch.journal; a path or ``journal:PATH`` -> JournalStorage;
     ``sqlite:///``, ``postgresql://``, ``mysql://`` -> RDBStorage. Dead workers are detected by the engine's
@@ -137,16 +172,99 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalBackend(str(path)))
         sqlite = url.startswith("sqlite")
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        name = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        sqlite_file = Path(name) if name and name != ":memory:" else None
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         # sqlite: wait on the file lock instead of failing under concurrent workers
         kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-        storage = optuna.storages.RDBStorage(_driver_url(url), engine_kwargs=kwargs)
+        storage = _rdb(_driver_url(url), kwargs, sqlite_file)
         if sqlite:
             _sqlite_immediate(storage)
         return storage
     except Exception as e:  # unreachable server, bad URL, missing driver, unwritable path
-        why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        why = f"{type(e).__name__}: {first_line(e)}"
         if isinstance(e, ImportError) and url.startswith("postgresql"):
             why += " (install the PostgreSQL driver: pip install psycopg2-binary)"
-        raise StorageError(f"cannot open storage {url!r}: {why}") from None
+        raise StorageError(redact(f"cannot open storage {mask_url(url)!r}: {why}", url)) from None
+
+
+# -- secrets and faults ------------------------------------------------------------------------------------------
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<at>@)")
+
+
+def mask_url(url: str | None) -> str:
+    """The storage URL as it may be shown: a password becomes ``***`` (``postgresql://alice:***@host/db``)."""
+    return _PASSWORD.sub(r"\g<head>***\g<at>", url or DEFAULT_STORAGE)
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with every URL password masked, and ``url``'s password wherever else it appears."""
+    m = _PASSWORD.search(url or "")
+    if m and m.group("password"):
+        text = text.replace(m.group("password"), "***")
+    return _PASSWORD.sub(r"\g<head>***\g<at>", text)
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# errors of the file system a storage lives on: no retry and no other trial can succeed while they last
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def is_storage_fault(e: BaseException) -> bool:
+    """Whether ``e`` comes from the study storage or its disk rather than from a trial: a full disk, a database
+    error, a lost connection. Such a fault stops the run (a trial must never fail or finish because of it)."""
+    from optuna.exceptions import StorageInternalError
+
+    if isinstance(e, StorageInternalError) or (isinstance(e, OSError) and e.errno in _DISK_ERRNOS):
+        return True
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:
+        return False
+    return isinstance(e, SQLAlchemyError)
+
+
+class StorageFault(StorageError):
+    """The storage failed under a running search; the message names it (password masked) and the cause."""
+
+    def __init__(self, url: str | None, cause: BaseException, study: str | None = None) -> None:
+        resume = f"hybridsearch resume {study}" if study else "resume"
+        cause = _root(cause)
+        super().__init__(redact(f"storage {mask_url(url)}: {type(cause).__name__}: {first_line(cause)}; the run "
+                                f"stopped, finished trials are kept: fix the storage, then {resume} re-runs "
+                                "the trials it interrupted", url))
+
+    def __reduce__(self) -> tuple:  # picklable from a worker process: the message is the state
+        return (_rebuild_fault, (str(self),))
+
+
+def _root(e: BaseException) -> BaseException:
+    """The error under Optuna's wrappers (``StorageInternalError`` says only that a commit failed)."""
+    seen = {id(e)}
+    while (inner := e.__cause__ or e.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        e = inner
+    return e
+
+
+def _rebuild_fault(message: str) -> StorageFault:
+    e = StorageFault.__new__(StorageFault)
+    StorageError.__init__(e, message)
+    return e
+
+
+@contextlib.contextmanager
+def storage_faults(url: str | None, study: str | None = None) -> Iterator[None]:
+    """Turn a storage fault raised inside the block into one ``StorageFault``."""
+    try:
+        yield
+    except StorageFault:
+        raise
+    except Exception as e:
+        if is_storage_fault(e):
+            raise StorageFault(url, e, study) from None
+        raise

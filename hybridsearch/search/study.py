@@ -10,10 +10,13 @@ objective with its data loaded once per process.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -26,7 +29,9 @@ from .storage import GRACE_S, HEARTBEAT_S, open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DIED = "worker died (killed or crashed); re-queued"
-INTERRUPTED = "interrupted (Ctrl-C); re-queued on resume"
+INTERRUPTED = "interrupted (Ctrl-C, SIGTERM or SIGHUP); re-queued on resume"
+STORAGE_FAULT = "the storage failed; re-queued on resume"
+REQUEUED = (DIED, INTERRUPTED, STORAGE_FAULT)  # failures that are not the trial's: it runs again
 
 
 @dataclass
@@ -45,6 +50,40 @@ class RunOptions:
     stage: int | None = None
     chosen: list[str] | None = None
 
+    def validate(self) -> None:
+        """Refuse values that would be stored with the study or break a worker later (one line each)."""
+        check_study_name(self.study)
+        for flag, value, low in (("--trials", self.trials, 1), ("--workers", self.workers, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"{flag} {value!r}: must be an integer >= {low}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < math.inf):
+            raise ConfigError(f"--timeout {self.timeout!r}: must be a number of seconds > 0")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise ConfigError(f"--seed {self.seed!r}: must be an integer from 0 to {MAX_SEED:,}")
+
+
+MAX_SEED = 2**32 - 1  # numpy's range, as a space's sampler.seed
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_study_name(name: str) -> None:
+    """A study name reaches the terminal and names a folder under runs/: no control characters or line breaks,
+    not a path that leaves the folder (``.``, ``..``), at most 200 characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ConfigError(f"study name {name!r}: must be 1 to 200 characters (--study, or the space's name)")
+    if _CONTROL.search(name):
+        raise ConfigError(f"study name {name!r}: control characters and line breaks are not allowed "
+                          "(--study, or the space's name)")
+    if set(name) <= {".", "/"}:
+        raise ConfigError(f"study name {name!r}: names no folder; use letters, digits, '-', '_' or '.'")
+
+
+def folder_name(study: str) -> str:
+    """The study's folder under runs/: characters other than letters, digits and ``._-+=@`` become ``_``."""
+    name = re.sub(r"[^\w.+=@-]", "_", study)
+    return name if name.strip(".") else name.replace(".", "_")
+
 
 def stage_space(opts: RunOptions) -> SearchSpace:
     """The space of ``opts`` (its stage's space for a staged run)."""
@@ -53,12 +92,6 @@ def stage_space(opts: RunOptions) -> SearchSpace:
 
 
 # -- opening ----------------------------------------------------------------------------------------------------
-def sampler_seed(seed: int | None, worker: int, done: int) -> int | None:
-    """Each worker samples from its own stream, and a resumed study (``done`` trials so far) continues instead
-    of replaying its first configurations (a seeded sampler would draw them again)."""
-    return None if seed is None else seed + worker + 7919 * done
-
-
 def stored_attrs(opts: RunOptions) -> dict[str, Any]:
     """The user attributes of an existing study; {} for a new one."""
     try:
@@ -67,29 +100,33 @@ def stored_attrs(opts: RunOptions) -> dict[str, Any]:
         return {}
 
 
-def open_study(opts: RunOptions, space: SearchSpace, create: bool, worker: int = 0) -> optuna.Study:
+def open_study(opts: RunOptions, space: SearchSpace, create: bool, data: str | None = None) -> optuna.Study:
     """Load the study (``create``: or create it, recording the space, seed, data root and stage, and queue the
-    baselines); a study made from another space is refused."""
+    baselines). A study made from another space, or from other data (``data``: the resolved data root), is
+    refused: its leaderboard would mix them."""
     storage = open_storage(opts.storage)
-    seed, done = _attr_seed(storage, opts.study)
-    seed = opts.seed if opts.seed is not None else seed
-    sampler = space.make_sampler(sampler_seed(seed, worker, done))
     pruner = space.make_pruner()
     if not create:
-        return optuna.load_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner)
-    study = optuna.create_study(study_name=opts.study, storage=storage, sampler=sampler, pruner=pruner,
-                                directions=space.directions, load_if_exists=True)
+        return optuna.load_study(study_name=opts.study, storage=storage, sampler=space.make_sampler(),
+                                 pruner=pruner)
+    study = optuna.create_study(study_name=opts.study, storage=storage, sampler=space.make_sampler(),
+                                pruner=pruner, directions=space.directions, load_if_exists=True)
     attrs = study.user_attrs
     if "space_hash" not in attrs:
         for key, value in (("space_ref", opts.space_ref), ("space", space.to_dict()),
                            ("space_hash", space.space_hash()), ("seed", opts.seed if opts.seed is not None else 0),
-                           ("data_root", opts.data_root), ("stage", opts.stage), ("chosen", opts.chosen),
-                           ("created", time.time())):
+                           ("data_root", opts.data_root), ("data", data), ("stage", opts.stage),
+                           ("chosen", opts.chosen), ("created", time.time())):
             study.set_user_attr(key, value)
         _queue_baselines(study, space)
     elif attrs["space_hash"] != space.space_hash():
         raise ConfigError(f"study {opts.study!r} was created from a different search space "
                           f"(hash {attrs['space_hash'][:12]} vs {space.space_hash()[:12]}); use a new --study name")
+    elif data is not None and attrs.get("data") not in (None, data):
+        raise ConfigError(f"study {opts.study!r} was created with the data in {attrs['data']}; its trials would be "
+                          f"mixed with trials on {data}: drop --data-root to continue it, or use a new --study name")
+    elif data is not None and attrs.get("data") is None:  # a study from before data was recorded
+        study.set_user_attr("data", data)
     if opts.trials is not None:
         study.set_user_attr("target_trials", opts.trials)
     elif "target_trials" not in study.user_attrs:
@@ -106,33 +143,79 @@ def _queue_baselines(study: optuna.Study, space: SearchSpace) -> None:
         study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
 
 
-def _attr_seed(storage: Any, name: str) -> tuple[int | None, int]:
-    """(stored seed, number of trials so far) of an existing study; (None, 0) for a new one."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return None, 0
-    return study.user_attrs.get("seed"), len(study.get_trials(deepcopy=False))
+def check_data(opts: RunOptions, space: SearchSpace) -> str:
+    """The resolved data root (its identity in the study), found before the study is created: a failed start
+    leaves no empty study, and mini-VTAB without a root is built here, once, instead of in every worker."""
+    root = space.family.data_root(space, opts.data_root or stored_attrs(opts).get("data_root"))
+    return str(Path(root).resolve())
 
 
-def check_data(opts: RunOptions, space: SearchSpace) -> None:
-    """Resolve the data root before the study is created (a failed start leaves no empty study); mini-VTAB
-    without a root is built here, once, instead of in every worker."""
-    space.family.data_root(space, opts.data_root or stored_attrs(opts).get("data_root"))
+# -- asking for the next trial -----------------------------------------------------------------------------------
+def sampler_seed(seed: int | None, number: int) -> int | None:
+    """The sampler draws trial ``number`` from ``seed`` + 7919 x ``number``: the storage gives every trial a
+    unique number, so concurrent workers and drivers never repeat each other's draws, and one driver with one
+    worker repeats its run exactly."""
+    return None if seed is None else (seed + 7919 * number) % 2**32
+
+
+def pop_waiting(study: optuna.Study) -> int | None:
+    """Claim a queued trial: retries of interrupted trials first (by the position of the trial they replace),
+    then the others in queue order. A claim another process made first is skipped."""
+    storage = study._storage
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    by_number = {t.number: t for t in storage.get_all_trials(study._study_id, deepcopy=False)}
+    for t in sorted(waiting, key=lambda t: ("retry_of" not in t.user_attrs, _position(t, by_number), t.number)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def next_trial(study: optuna.Study, space: SearchSpace, seed: int | None,
+               owner_attrs: dict[str, Any] | None = None) -> optuna.Trial:
+    """``study.ask()`` with the queue order of ``pop_waiting`` and a sampler seeded for this trial's number.
+    A new trial is created with ``owner_attrs`` in the same write (a process killed right after leaves no
+    RUNNING trial without an owner)."""
+    study._thread_local.cached_all_trials = None  # as ask(): the sampler sees every trial written so far
+    trial_id = pop_waiting(study)
+    storage = study._storage
+    if trial_id is None:
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=owner_attrs or {})
+        trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    else:
+        for key, value in (owner_attrs or {}).items():
+            storage.set_trial_user_attr(trial_id, key, value)
+    study.sampler = space.make_sampler(sampler_seed(seed, storage.get_trial_number_from_id(trial_id)))
+    return optuna.trial.Trial(study, trial_id)
 
 
 # -- counting toward the target ---------------------------------------------------------------------------------
+def _position(t: FrozenTrial, by_number: dict[int, FrozenTrial]) -> int:
+    """A trial's place in line for the target: its number, or for a retry the place of the trial it replaces
+    (through a chain of retries), so a killed trial's retry never loses its place to trials queued after it."""
+    seen: set[int] = set()
+    while (origin := t.user_attrs.get("retry_of")) is not None and origin in by_number and origin not in seen:
+        seen.add(origin)
+        t = by_number[origin]
+    return t.number
+
+
 def _live(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that count toward the target: not one a re-queued retry replaces (``retry_of``: otherwise
-    trials lost to a crash would use up the target and their retries would never run), not a ``surplus`` one,
-    and for each replaced trial only its first retry (two recoverers may both have re-queued it)."""
+    """The trials that count toward the target, in line order (``_position``): not one a re-queued retry
+    replaces (``retry_of``: otherwise trials lost to a crash would use up the target and their retries would
+    never run), not a ``surplus`` one, and for each replaced trial only its first retry (two recoverers may both
+    have re-queued it)."""
     replaced = {t.user_attrs.get("retry_of") for t in trials} - {None}
     first_retry: dict[int, int] = {}
     for t in sorted(trials, key=lambda t: t.number):
         if t.user_attrs.get("retry_of") is not None:
             first_retry.setdefault(t.user_attrs["retry_of"], t.number)
-    return [t for t in trials if t.number not in replaced and not t.user_attrs.get("surplus")
+    live = [t for t in trials if t.number not in replaced and not t.user_attrs.get("surplus")
             and first_retry.get(t.user_attrs.get("retry_of"), t.number) == t.number]
+    by_number = {t.number: t for t in trials}
+    return sorted(live, key=lambda t: (_position(t, by_number), t.number))
 
 
 def _counted(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
@@ -150,12 +233,13 @@ def claimed(study: optuna.Study) -> int:
 
 
 def has_ticket(study: optuna.Study, number: int, target: int) -> bool:
-    """Whether trial ``number`` is among the first ``target`` live trials, by number (queued ones included).
+    """Whether trial ``number`` is among the first ``target`` live trials in line order (queued ones included).
 
-    Workers check ``claimed`` before starting a trial, but two may pass that check at once; the trial
-    numbers order them, so exactly ``target`` trials run and a surplus one ends at once."""
-    live = _live(study.get_trials(deepcopy=False))
-    return any(t.number == number for t in live) and sum(t.number < number for t in live) < target
+    Workers check ``claimed`` before starting a trial, but two may pass that check at once; the line orders
+    them, so exactly ``target`` trials run and a surplus one ends at once. A retry stands where the trial it
+    replaces stood: a resumed study reaches its target only after its interrupted trials ran again."""
+    live = [t.number for t in _live(study.get_trials(deepcopy=False))]
+    return number in live[:target]
 
 
 # -- liveness and recovery --------------------------------------------------------------------------------------
@@ -241,8 +325,7 @@ def recover_stale(study: optuna.Study, grace: float = GRACE_S) -> list[int]:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("failure") in (DIED, INTERRUPTED) \
-                and t.number not in retried:
+        if t.state == TrialState.FAIL and t.user_attrs.get("failure") in REQUEUED and t.number not in retried:
             study.enqueue_trial(_params(t), user_attrs=retry_attrs(t), skip_if_exists=False)
             requeued.append(t.number)
     return requeued

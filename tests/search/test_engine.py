@@ -200,14 +200,15 @@ def test_over_budget_trial_is_pruned_before_training(tmp_path, make_space, scrip
 
 
 def test_crashed_workers_fail_the_run(tmp_path, mini_root):
-    """Workers that die before the target (here: a data root without the task) make ``run`` fail, not exit 0."""
+    """Workers that stop before the target (here: a data root without the task) make ``run`` fail with their
+    reason, not exit 0."""
     from hybridsearch.errors import HybridSearchError
 
     empty = tmp_path / "empty"
     empty.mkdir()
     space = tmp_path / "s.yaml"
     space.write_text(yaml.safe_dump(space_dict(empty, trials=2)))
-    with pytest.raises(HybridSearchError, match=r"worker 0 \(exit status 1\).*hybridsearch resume crash"):
+    with pytest.raises(HybridSearchError, match=r"empty/mnist5k not found \(worker 0\).*hybridsearch resume crash"):
         run(space, tmp_path / "j.journal", "crash", workers=2)
     assert finished(load(tmp_path / "j.journal", "crash")) == 0
 
@@ -394,3 +395,22 @@ def test_baselines_are_never_pruned(tmp_path, make_space, scripted):
     assert kinds == [("head_only", "COMPLETE"), ("lora_X", "COMPLETE"), ("affix", "COMPLETE"),
                      ("sampled", "PRUNED"), ("sampled", "PRUNED")]
     assert all(len(t.intermediate_values) == 3 for t in study.trials if "baseline" in t.user_attrs)
+
+
+def test_the_budget_counts_the_model_that_trains(tmp_path, mini_root, scripted):
+    """The data says 20 classes (its manifest), the task table 10: the exact count before training and the
+    trained model have the same 20-class head, so the budget limits what really trains."""
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(mini_root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["tasks"]["mnist5k"]["num_classes"] = 20
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump(space_dict(root, trials=1)))
+    scripted()
+    trial = run(space, tmp_path / "j.journal", "classes").trials[0]
+    assert trial.user_attrs["counts"]["head"] == 20 * 64 + 20  # vim-proxy's d_model 64
+    assert trial.user_attrs["counts"]["trainable"] == trial.user_attrs["counts.mnist5k"]

@@ -111,3 +111,14 @@ def test_two_workers_kill_and_resume_on_postgresql(tmp_path, mini_root, pg_url):
     assert "Traceback" not in log and "OperationalError" not in log, log[-3000:]
     pids = {t.user_attrs["worker"]["pid"] for t in s.trials() if t.state == TrialState.COMPLETE}
     assert len(pids) >= 3  # two workers per run shared the server
+
+
+def test_a_password_never_shows_on_a_live_server(pg_url, capsys):
+    """"no study ... in URL" on a reachable server: the password (trust auth ignores it) is masked."""
+    from hybridsearch.cli import main
+
+    url = pg_url.replace("postgresql://postgres@", "postgresql://postgres:S3cr3tPW@")
+    capsys.readouterr()
+    assert main(["show", "nosuchstudy", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'nosuchstudy'" in err and "postgres:***@" in err and "S3cr3tPW" not in err, err

@@ -140,18 +140,19 @@ def space_dict(root: Path, trials: int) -> dict:
 class Study:
     """One study on one storage, driven through ``driver.py`` in child processes."""
 
-    def __init__(self, tmp: Path, root: Path, storage: str, trials: int, name: str = "rel") -> None:
+    def __init__(self, tmp: Path, root: Path, storage: str, trials: int, name: str = "rel",
+                 space: dict | None = None) -> None:
         self.tmp, self.storage, self.name, self.target = tmp, storage, name, trials
         self.space = tmp / "space.yaml"
-        self.space.write_text(yaml.safe_dump(space_dict(root, trials), sort_keys=False))
+        self.space.write_text(yaml.safe_dump(space or space_dict(root, trials), sort_keys=False))
         self.driver = tmp / "driver.py"
         self.driver.write_text(DRIVER)
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "HYBRIDSEARCH_DATA_DIR": str(root.parent)}
         self.logs: list[Path] = []
         self._storage = None
 
-    def start(self, *args: str, **env: str) -> subprocess.Popen:
-        first = not self.logs
+    def start(self, *args: str, resume: bool | None = None, **env: str) -> subprocess.Popen:
+        first = not self.logs if resume is None else not resume
         argv = (["run", "--space", str(self.space), "--study", self.name] if first else ["resume", self.name])
         log = self.tmp / f"run{len(self.logs)}.log"
         self.logs.append(log)
@@ -234,12 +235,15 @@ def drawn(t: FrozenTrial) -> dict:
     return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
-def check_final(s: Study, ledger: Ledger) -> None:
+def check_final(s: Study, ledger: Ledger, queued: bool = False) -> None:
+    """``queued``: queued baselines beyond the target may stay queued (never run)."""
     trials = s.trials()
     why = s.tail()
     by_number = {t.number: t for t in trials}
     assert len(by_number) == len(trials), "duplicate trial numbers"
-    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], why
+    left = (TrialState.RUNNING,) if queued else (TrialState.RUNNING, TrialState.WAITING)
+    assert not [t.number for t in trials if t.state in left], why
+    assert all("retry_of" not in t.user_attrs for t in trials if t.state == TrialState.WAITING), why
     assert finished(s.study()) == s.target, why  # exact, retries replacing what they re-run
     for n, (state, values) in ledger.finished.items():  # every finished trial survives with its value
         if n in ledger.interrupted:
@@ -330,7 +334,7 @@ def test_four_workers_one_storage(tmp_path, mini_root, kind):
     assert len(done) == 12 and all(t.state == TrialState.COMPLETE for t in done)
     assert finished(s.study()) == 12  # exactly N, not one more
     # a trial two workers started at the same instant as the last one: ended at once, before any training
-    assert all(t.state == TrialState.PRUNED and "worker" not in t.user_attrs for t in trials if t not in done)
+    assert all(t.state == TrialState.PRUNED and "seed" not in t.user_attrs for t in trials if t not in done)
     assert len({t.user_attrs["worker"]["pid"] for t in done}) >= 2  # shared by the workers
 
 
@@ -431,3 +435,151 @@ def test_trial_numbers_order_racing_workers_and_duplicate_retries():
     assert has_ticket(study, first.number, 2) and not has_ticket(study, second.number, 2)
     study.tell(first, 0.7)
     assert finished(study) == 2  # the dead trial is replaced by its first retry, the duplicate is not counted
+
+
+# -- a killed trial's retry runs before the queue ----------------------------------------------------------------
+def baseline_space(root: Path, trials: int) -> dict:
+    """Seven queued baselines (head only, then each optional method alone) for a target below that."""
+    d = space_dict(root, trials)
+    d["baselines"] = True
+    d["methods"].update({"lora_Z": {"params": {"rank": 2}}, "prompt": {"params": {"tokens": 1}},
+                         "tune_A": {}, "tune_conv1d": {}})
+    return d
+
+
+def test_a_retry_runs_before_the_queued_trials_and_keeps_its_place():
+    """The killed trial 2's retry is queued behind baselines 3..9: it is still asked first, and it counts where
+    trial 2 stood, so the target of 4 is reached only once trial 2's configuration has run."""
+    from hybridsearch.search.space import space_from_dict
+    from hybridsearch.search.study import has_ticket, next_trial, recover_stale
+
+    space = space_from_dict(baseline_space(Path("/nonexistent"), 4))
+    study = optuna.create_study(directions=space.directions)
+    for name, params in space.baseline_params().items():
+        study.enqueue_trial(params, user_attrs={"baseline": name})
+    assert len(study.trials) == 7
+    for _ in range(2):
+        t = next_trial(study, space, 0)
+        study.tell(t, 0.5)
+    dead = next_trial(study, space, 0, {"worker": {"host": os.uname().nodename, "pid": 2**22 + 1}})  # no such pid
+    assert dead.number == 2
+    assert recover_stale(study) == [2]
+    retry = next_trial(study, space, 0)
+    assert retry.user_attrs["retry_of"] == 2 and retry.number == 7  # queued last, asked first
+    fixed = [study.trials[n].system_attrs["fixed_params"] for n in (2, 7)]
+    assert fixed[0] == fixed[1] and study.trials[7].user_attrs["baseline"] == study.trials[2].user_attrs["baseline"]
+    assert has_ticket(study, retry.number, 4)  # it stands where trial 2 stood
+    study.tell(retry, 0.6)
+    third = next_trial(study, space, 0)
+    assert third.number == 3 and has_ticket(study, 3, 4)
+    study.tell(third, 0.4)
+    assert finished(study) == 4
+    assert not has_ticket(study, next_trial(study, space, 0).number, 4)  # the target is full
+
+
+@pytest.mark.slow
+def test_five_kills_with_more_queued_baselines_than_the_target(tmp_path, mini_root):
+    """SIGKILL of the whole run five times at random moments during run / resume; every killed configuration
+    is trained in the end and exactly the target finished."""
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    s = Study(tmp_path, mini_root, STORAGES["journal"](tmp_path), trials=4, space=baseline_space(mini_root, 4))
+    ledger = Ledger()
+    kills = 0
+    while kills < 5:
+        proc = s.start("--workers", "2", FAKE_SLEEP="0.3")
+        pid = proc.pid
+        try:
+            s.wait_for(proc, lambda ts, pid=pid: any(running_child(t, pid) for t in ts) or n_complete(ts) >= 4)
+            time.sleep(rng.uniform(0.0, 0.4))
+        finally:
+            kill_group(proc)
+        ledger.record(s.trials())
+        kills += 1
+    proc = s.start("--workers", "2", FAKE_SLEEP="0.05")
+    try:
+        assert proc.wait(timeout=180) == 0, s.tail()
+    finally:
+        kill_group(proc)
+    for t in s.trials():
+        if t.state.is_finished():
+            ledger.finished.setdefault(t.number, (t.state.name, t.values))
+    check_final(s, ledger, queued=True)
+    trials = {t.number: t for t in s.trials()}
+    for n in ledger.interrupted:  # the killed configuration, trained: its retry chain ends COMPLETE
+        last = n
+        while (r := next((t for t in trials.values() if t.user_attrs.get("retry_of") == last), None)):
+            last = r.number
+        assert trials[last].state == TrialState.COMPLETE, (seed, n, last)
+    baselines_done = {t.user_attrs["baseline"] for t in trials.values()
+                      if t.state == TrialState.COMPLETE and "baseline" in t.user_attrs}
+    assert len(baselines_done) == 4, (seed, baselines_done)  # the first four baselines, none lost to a kill
+
+
+# -- the driver's signals ------------------------------------------------------------------------------------------
+def live_pids(pids: set[int], timeout: float = 15.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if _pid_alive(p)}
+        time.sleep(0.1)
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_signalled_driver_leaves_no_worker_behind(tmp_path, mini_root, sig):
+    """``kill -TERM`` / ``-HUP`` / ``-KILL`` of the ``run`` process alone (not its group): its workers stop at
+    once (none goes on headless), and ``resume`` re-runs the trials they were training."""
+    s = Study(tmp_path, mini_root, STORAGES["journal"](tmp_path), trials=8)
+    proc = s.start("--workers", "2", FAKE_SLEEP="1.0")
+    try:
+        trials = s.wait_for(proc, lambda ts: sum(running_child(t, proc.pid) for t in ts) == 2)
+        workers = {t.user_attrs["worker"]["pid"] for t in trials if running_child(t, proc.pid)}
+        os.kill(proc.pid, sig)
+        code = proc.wait(timeout=30)
+        assert code == (-9 if sig == signal.SIGKILL else 128 + sig), s.tail()
+        assert live_pids(workers) == set(), f"orphaned workers after {sig.name}\n{s.tail()}"
+    finally:
+        kill_group(proc)
+    after = s.trials()
+    stopped = [t for t in after if (t.user_attrs.get("worker") or {}).get("pid") in workers
+               and t.user_attrs.get("seed") is not None and t.state != TrialState.COMPLETE]
+    if sig != signal.SIGKILL:  # unwound like Ctrl-C: marked interrupted by the workers themselves
+        assert stopped and all(t.state == TrialState.FAIL and t.user_attrs["failure"].startswith("interrupted")
+                               for t in stopped), s.tail()
+    n_before = n_complete(after)
+    proc = s.start("--workers", "2", FAKE_SLEEP="0.05", resume=True)
+    try:
+        assert proc.wait(timeout=120) == 0, s.tail()
+    finally:
+        kill_group(proc)
+    done = s.trials()
+    assert finished(s.study()) == 8 and n_complete(done) > n_before
+    for t in stopped:
+        assert any(r.user_attrs.get("retry_of") == t.number and r.state == TrialState.COMPLETE
+                   and r.params == t.params for r in done), t.number
+
+
+# -- two drivers on one study ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_drivers_at_once_draw_different_configurations(tmp_path, mini_root):
+    """Two ``run`` commands started together on one study: the target is met once, and no configuration is
+    drawn twice (each trial number seeds its own draw)."""
+    d = space_dict(mini_root, 8)
+    # always drawn and continuous: two equal configurations mean two equal sampler seeds
+    d["methods"]["lora_X"]["params"]["scale"] = {"log": [0.01, 1.0]}
+    d["methods"]["lora_X"]["optional"] = False
+    s = Study(tmp_path, mini_root, STORAGES["sqlite"](tmp_path), trials=8, space=d)
+    procs = [s.start("--workers", "1", FAKE_SLEEP="0.1", resume=False) for _ in range(2)]
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            kill_group(p)
+    assert codes == [0, 0], s.tail()
+    ran = [t for t in s.trials() if t.state == TrialState.COMPLETE]
+    assert finished(s.study()) == 8 and len(ran) == 8
+    assert len({tuple(sorted(t.params.items())) for t in ran}) == 8, [t.params for t in ran]
+    assert len({t.user_attrs["worker"]["pid"] for t in ran}) == 2  # both drivers trained

@@ -19,10 +19,12 @@ from .schema import MethodSpace, SearchSpace, canonical_json, layer_keys, stage1
 _COUNTS: dict[tuple, dict] = {}  # (model, classes, methods) -> counts: trials and validation ask for the same
 
 
-def count_methods(space: SearchSpace, methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def count_methods(space: SearchSpace, methods: dict[str, dict[str, Any]],
+                  num_classes: int | None = None) -> dict[str, Any]:
     """Exact counts (meta device, nothing allocated) of the space's model with ``methods`` attached, plus
-    ``budgeted``: what the budget limits (trainable, less the head when ``include_head`` is false)."""
-    nc = space.num_classes()
+    ``budgeted``: what the budget limits (trainable, less the head when ``include_head`` is false). The head
+    has ``num_classes`` (the loaded data's), else the space's ``num_classes()``."""
+    nc = num_classes or space.num_classes()
     key = (space.model.name, nc, canonical_json(methods))
     if key not in _COUNTS:
         if len(_COUNTS) > 4096:
@@ -33,10 +35,11 @@ def count_methods(space: SearchSpace, methods: dict[str, dict[str, Any]]) -> dic
     return counts
 
 
-def check_budget(space: SearchSpace, peft_config: PeftConfig | dict) -> tuple[bool, dict[str, Any]]:
-    """(within budget, exact counts) for one config, before any training."""
+def check_budget(space: SearchSpace, peft_config: PeftConfig | dict,
+                 num_classes: int | None = None) -> tuple[bool, dict[str, Any]]:
+    """(within budget, exact counts) for one config, before any training (``num_classes``: see count_methods)."""
     cfg = peft_config if isinstance(peft_config, PeftConfig) else PeftConfig.from_dict(peft_config)
-    counts = count_methods(space, cfg.to_dict()["methods"])
+    counts = count_methods(space, cfg.to_dict()["methods"], num_classes)
     b, n = space.budget, counts["budgeted"]
     ok = (b.max_trainable is None or n <= b.max_trainable) and (b.min_trainable is None or n >= b.min_trainable)
     return ok, counts
