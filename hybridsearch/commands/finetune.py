@@ -23,19 +23,15 @@ HELP = ("fine-tune a Mamba LM with a PEFT config (omit --peft: full fine-tuning)
 
 def _peft(text: str | None):
     """A YAML file path or an inline JSON / YAML mapping; ``None``: full fine-tuning."""
-    import yaml
-
     from ..peft import PeftConfig
+    from ..safeio import parse_yaml
 
     if not text:
         return None
     path = Path(text)
     if path.is_file():
         return PeftConfig.from_yaml(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--peft: neither a file nor a YAML / JSON mapping ({e})") from None
+    data = parse_yaml(text, "--peft (neither a file nor a YAML / JSON mapping)")
     if not isinstance(data, dict):
         raise ConfigError(f"--peft: {text!r} is neither an existing file nor a mapping")
     return PeftConfig.from_dict(data, "--peft")
@@ -47,8 +43,8 @@ def _recipe(text: str | None):
 
     try:
         data = json.loads(text) if text else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--recipe: not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an integer too long, nesting too deep
+        raise ConfigError(f"--recipe: not JSON ({' '.join(str(e).split()) or 'nested too deeply'})") from None
     if not isinstance(data, dict):
         raise ConfigError("--recipe: expected a JSON mapping, e.g. '{\"batch_size\": 32}'")
     unknown = sorted(set(data) - set(LMRecipe.__dataclass_fields__))

@@ -12,18 +12,20 @@ the base's own format.
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..models import MODELS, MambaConfig, VimConfig, build, create_model
-from ..models.checkpoint import save_mamba, save_vim
+from ..models import MODELS, build, create_model
+from ..models.checkpoint import read_config_json, save_mamba, save_vim
 from ..peft import META_FILE, load_adapters, merge_peft, save_adapters
+from ..safeio import load_json
 
 FORMATS = ("hustvl", "mamba_ssm", "hf")
+MAX_META_BYTES = 1 << 20  # adapter_meta.json: an architecture, counts and a few notes
 KIND_FORMATS = {"vim": ("hustvl",), "lm": ("mamba_ssm", "hf")}  # per model kind; the first is the default
 BUNDLE_BASE = {"vim": "base.pth", "lm": "base"}
 CHECKPOINT_SUFFIX = {"vim": ".pth", "lm": ""}  # a Vim checkpoint is one file, an LM one a directory
@@ -39,46 +41,51 @@ def base_format(base: str | Path) -> str:
             return KIND_FORMATS[spec.kind][0]
         return base_format(spec.checkpoint())
     path = Path(name)
-    if path.is_dir():
-        try:
-            conf = json.loads((path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: cannot read config.json ({e})") from None
-        return "mamba_ssm" if "d_model" in conf else "hf"
+    if path.is_dir():  # transformers' configs name their model_type (converted -hf ones carry d_model too)
+        return "hf" if "model_type" in read_config_json(path / "config.json") else "mamba_ssm"
     return "hustvl"
 
 
 def read_adapter_meta(adapters_dir: str | Path) -> dict[str, Any]:
     path = Path(adapters_dir) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a folder written by save_adapters or "
-                              "`hybridsearch export --retrain` (OUT/adapters/TASK)") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read adapter metadata ({e})") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in ("vim", "lm") or "architecture" not in meta:
-        raise CheckpointError(f"{path}: not adapter metadata (needs 'kind' vim|lm and 'architecture')")
+                              "`hybridsearch export --retrain` (OUT/adapters/TASK)")
+    meta = load_json(path, error=CheckpointError, what="adapter metadata", max_bytes=MAX_META_BYTES)
+    if not isinstance(meta, dict) or meta.get("kind") not in ("vim", "lm") \
+            or not isinstance(meta.get("architecture"), dict):
+        raise CheckpointError(f"{path}: not adapter metadata (needs 'kind' vim|lm and an 'architecture' mapping)")
     return meta
 
 
 def _check_architecture(model: nn.Module, meta: dict[str, Any], base: str, adapters_dir: Path) -> None:
-    """The base must have the tensor shapes of the model the adapters were trained on (the task head aside)."""
+    """The base must have the tensor shapes of the model the adapters were trained on (the task head aside). The
+    metadata is compared with the base's own config, never built: its values come from a file."""
     if model.kind != meta["kind"]:
         raise CheckpointError(f"{base}: a {model.kind} model, but the adapters in {adapters_dir} are for a "
                               f"{meta['kind']} model")
-    cls = VimConfig if meta["kind"] == "vim" else MambaConfig
-    try:
-        trained = build(cls(**meta["architecture"]), device="meta")
-    except TypeError as e:
-        raise CheckpointError(f"{adapters_dir}: bad architecture in adapter metadata ({e})") from None
-    have = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("head.")}
-    want = {k: tuple(v.shape) for k, v in trained.state_dict().items() if not k.startswith("head.")}
-    diff = [f"{k} {have.get(k)} vs {v}" for k, v in want.items() if have.get(k) != v]
-    diff += [f"{k} {v} vs absent" for k, v in have.items() if k not in want]
+    mine, theirs = model.cfg.to_dict(), meta["architecture"]
+    unknown = sorted(map(str, set(theirs) - set(mine))) if isinstance(theirs, dict) else None
+    if unknown is None or unknown:
+        raise CheckpointError(f"{adapters_dir}: bad architecture in adapter metadata (keys allowed: "
+                              f"{', '.join(sorted(mine))}{'; unknown: ' + ', '.join(unknown) if unknown else ''})")
+    have, want = _shapes(mine, model.kind), _shapes({**mine, **theirs}, model.kind)
+    diff = [f"{k} {have[k]!r} vs {want[k]!r}" for k in have if have[k] != want[k]]
     if diff:
         raise CheckpointError(f"{base}: architecture does not match the adapters in {adapters_dir} "
                               f"(base vs adapters: {'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''})")
+
+
+def _shapes(cfg: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The config values that decide tensor shapes, resolved (a default dt_rank, the LM's padded vocabulary);
+    the head (``num_classes``) and training-only settings are left out."""
+    d = {k: v for k, v in cfg.items() if k not in ("num_classes", "drop_path_rate", "eps")}
+    model = d.get("d_model")
+    d["dt_rank"] = d.get("dt_rank") or (math.ceil(model / 16) if isinstance(model, int) else None)
+    if kind == "lm":
+        m, v = d.pop("pad_vocab_size_multiple", 1), d.get("vocab_size")
+        d["vocab_size"] = math.ceil(v / m) * m if isinstance(v, int) and isinstance(m, int) and m > 0 else v
+    return d
 
 
 # -- apply -----------------------------------------------------------------------------------------------------

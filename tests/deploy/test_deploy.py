@@ -281,3 +281,38 @@ def test_adapters_for_another_architecture(tmp_path, capsys):
                           str(tmp_path / "o")])
     assert "no bundled weights" in err  # a random-init base is never deployed by mistake
     assert not (tmp_path / "o").exists()
+
+
+def test_hostile_adapter_metadata_is_one_line(tmp_path, capsys):
+    """adapter_meta.json is read with limits and compared with the base's config, never built from."""
+    model = tiny_model("vim")
+    apply_peft(model, {"methods": {"lora_X": {"rank": 2}}})
+    save_vim(tiny_model("vim"), tmp_path / "base.pth")
+    meta_file = save_adapters(model, tmp_path / "ad") / "adapter_meta.json"
+    meta = json.loads(meta_file.read_text())
+    argv = ["apply", "--base", str(tmp_path / "base.pth"), "--adapters", str(tmp_path / "ad"), "--out",
+            str(tmp_path / "o")]
+    for text, words in (
+        ("[" * 100_000 + "]" * 100_000, ["adapter_meta.json", "nested too deeply"]),
+        (json.dumps({**meta, "architecture": {**meta["architecture"], "depth": 10**12}}), ["depth", "vs"]),
+        (json.dumps({**meta, "architecture": {**meta["architecture"], "n_heads": 4}}), ["unknown: n_heads"]),
+        (json.dumps({**meta, "architecture": "vim"}), ["not adapter metadata", "'architecture' mapping"]),
+    ):
+        meta_file.write_text(text)
+        err = _error(capsys, argv)
+        assert all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_converted_hf_folder_is_written_back_as_hf(tmp_path):
+    """Converted -hf configs carry mamba_ssm's d_model too: their model_type decides the format."""
+    from hybridsearch.deploy import base_format
+    from hybridsearch.models import MambaConfig, build
+
+    lm = build(MambaConfig(d_model=16, n_layer=2, vocab_size=100))
+    save_mamba(lm, tmp_path / "hf", fmt="hf")
+    conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**conf, "d_model": 16, "n_layer": 2}))
+    assert base_format(tmp_path / "hf") == "hf"
+    save_mamba(lm, tmp_path / "ssm")
+    assert base_format(tmp_path / "ssm") == "mamba_ssm"
