@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from . import commands
+from ._version import __version__
 from .display import printable
 from .errors import HybridSearchError
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hybridsearch",
         description="Search hybrid parameter-efficient fine-tuning for Mamba and Vision Mamba.",
     )
+    parser.add_argument("--version", action="version", version=f"hybridsearch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

@@ -9,11 +9,11 @@ from rich.console import Console
 PIPED_WIDTH = 140
 
 
-def console() -> Console:
+def console(stderr: bool = False) -> Console:
     """A terminal's own width; piped into a file or CI log, 140 columns (rich would assume 80 and cut the
-    methods, task and key names that the tables exist to show)."""
-    c = Console()
-    return c if c.is_terminal else Console(width=max(c.width, PIPED_WIDTH))
+    methods, task and key names that the tables exist to show). ``stderr``: for prose beside a JSON document."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(width=max(c.width, PIPED_WIDTH), stderr=stderr)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")

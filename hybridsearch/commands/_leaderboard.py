@@ -9,7 +9,7 @@ from ..display import printable
 from ..search.results import leaderboard, summary
 
 
-def render(study: optuna.Study, limit: int = 20) -> None:
+def render(study: optuna.Study, limit: int = 20, stderr: bool = False) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -27,7 +27,7 @@ def render(study: optuna.Study, limit: int = 20) -> None:
         t.add_row(str(r["number"]), r["state"], "" if r["score"] is None else f"{r['score']:.4f}",
                   "" if r["trainable"] is None else f"{r['trainable']:,}", ", ".join(r["methods"]),
                   "" if r["seconds"] is None else f"{r['seconds']:.1f}", Text(printable(note or "")[:60]))
-    console = make_console()
+    console = make_console(stderr)
     console.print(t)
     if b := s["baselines"]:
         what = (f"best single method {b['best_single_method']}" if len(b["baseline_methods"]) <= 1

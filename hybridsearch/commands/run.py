@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..display import printable
@@ -34,6 +35,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default 0)")
     p.add_argument("--data-root", default=None, help="dataset root (VTAB-1k folder or commonsense files)")
     p.add_argument("--out", type=Path, default=None, help="folder for the leaderboard and winner (default runs/STUDY)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document on stdout at the end (each study's summary and leaderboard file); "
+                        "progress and tables go to stderr")
     p.add_argument("--engine", choices=ENGINE_NAMES, default="optuna",
                    help="optuna: worker processes on this machine; ray: trials as Ray tasks (docs/engines.md)")
     g = p.add_argument_group("--engine ray")
@@ -76,7 +80,7 @@ def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: in
     leaderboard and write it to ``--out`` (default runs/STUDY) as it ends."""
     import optuna
 
-    from ..search import RunOptions, run_search
+    from ..search import RunOptions, run_options
 
     devices = args.devices.split(",") if args.devices else None
     opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=args.trials,
@@ -85,8 +89,13 @@ def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: in
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opts.validate()
     _check_out(_out(args, study_name))  # before the search, not after it ran
-    run_search(opts, engine=args.engine, engine_options=_ray_options(args), preflight=preflight,
-               monitor=lambda _: _Progress(), on_study=lambda study: _report(args, study))
+    studies: list[dict] = []
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    run_options(opts, engine=args.engine, engine_options=_ray_options(args), preflight=preflight,
+                monitor=lambda _: _Progress(stderr=args.json), log=log,
+                on_study=lambda study: studies.append(_report(args, study)))
+    if args.json:
+        print(json.dumps({"studies": studies}, indent=2, default=str))
     return 0
 
 
@@ -108,19 +117,23 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: not writable")
 
 
-def _report(args: argparse.Namespace, study) -> None:
+def _report(args: argparse.Namespace, study) -> dict:
+    """Print the study's leaderboard, write leaderboard.json; returns the study's entry of ``--json``."""
     from ..search.results import leaderboard, summary
     from ..search.study import finished
     from ._leaderboard import render
 
-    render(study)
+    render(study, stderr=args.json)
     out = _out(args, study.study_name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.json").write_text(
-        json.dumps({"summary": summary(study), "trials": leaderboard(study)}, indent=2, default=str) + "\n")
+    board = out / "leaderboard.json"
+    s = summary(study)
+    board.write_text(json.dumps({"summary": s, "trials": leaderboard(study)}, indent=2, default=str) + "\n")
     target = study.user_attrs.get("target_trials")
-    print(f"{finished(study)}/{target} trials finished; leaderboard in {out / 'leaderboard.json'}; "
-          f"export the winner with: hybridsearch export {study.study_name} --out {out / 'winner'}")
+    print(f"{finished(study)}/{target} trials finished; leaderboard in {board}; export the winner with: "
+          f"hybridsearch export {study.study_name} --out {out / 'winner'}", file=sys.stderr if args.json else None)
+    return {"study": study.study_name, "finished": finished(study), "target": target, "leaderboard": str(board),
+            "summary": s}
 
 
 def _ray_options(args: argparse.Namespace):
@@ -152,6 +165,9 @@ class _Progress:
     """A rich progress bar (trials finished of the target, best score so far, time left) and one line per
     finished trial, whichever worker ran it, so a log of a run without a terminal still tells its story."""
 
+    def __init__(self, stderr: bool = False) -> None:
+        self.stderr = stderr
+
     def __enter__(self):
         from rich.progress import (
             BarColumn,
@@ -162,8 +178,10 @@ class _Progress:
             TimeRemainingColumn,
         )
 
+        from ..display import console
+
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn())
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console(self.stderr))
         self.progress.__enter__()
         self.task = self.progress.add_task("search", total=None)
         self.started = datetime.datetime.now()  # trials of a resumed study finished before this are not news

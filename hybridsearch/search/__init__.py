@@ -1,7 +1,9 @@
 """The search: spaces (``space``), the study layer both engines share (``study``), the trial objective, the local
-(``optuna_engine``) and Ray (``ray_engine``) engines, ``run_search`` with stages, and reading results back."""
+(``optuna_engine``) and Ray (``ray_engine``) engines, stages (``run``), the public ``run_search`` /
+``resume_search`` (``api``), and reading results back (``results``, ``report``)."""
 
-from .run import ENGINES, run_search
+from .api import resume_search, run_search
+from .run import ENGINES, run_options
 from .space import (
     CategoricalParam,
     FixedParam,
@@ -25,5 +27,6 @@ from .study import RunOptions
 
 __all__ = ["ENGINES", "CategoricalParam", "FixedParam", "FloatParam", "IntParam", "MethodSpace", "Param",
            "RunOptions", "SampledConfig", "SearchSpace", "SpaceError", "SpaceReport", "bundled_spaces",
-           "check_budget", "count_methods", "describe", "load_space", "run_search", "space_from_dict",
+           "check_budget", "count_methods", "describe", "load_space", "resume_search", "run_options", "run_search",
+           "space_from_dict",
            "validate_space"]

@@ -48,7 +48,7 @@ from optuna.trial import TrialState
 from ..errors import ConfigError, HybridSearchError, TrialFailure
 from .interrupts import signals_as_interrupt
 from .objective import Objective
-from .storage import DEFAULT_STORAGE, StorageFault, is_storage_fault, open_storage, storage_faults
+from .storage import StorageFault, default_storage, is_storage_fault, open_storage, storage_faults
 from .study import (
     Heartbeat,
     RunOptions,
@@ -362,7 +362,7 @@ def _portable(opts: RunOptions) -> RunOptions:
 
     storage = opts.storage
     if storage is None or "://" not in storage:
-        path = (storage or DEFAULT_STORAGE).removeprefix("journal:")
+        path = (storage or default_storage()).removeprefix("journal:")
         storage = str(Path(path).resolve())
     elif storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
         storage = "sqlite:///" + str(Path(storage.removeprefix("sqlite:///")).resolve())

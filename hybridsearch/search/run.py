@@ -1,10 +1,6 @@
-"""Running a search from Python: one study, or every stage of a staged space in turn (stage k+1 tunes the
-methods that stage k's best trial switched on), on a registered engine. The ``run`` and ``resume`` commands are
-thin layers over ``run_search``.
-
-    from hybridsearch.search import RunOptions, run_search
-    study = run_search(RunOptions(study="demo", storage="runs/demo.journal", space_ref="tiny_debug"))
-"""
+"""Running a search: one study, or every stage of a staged space in turn (stage k+1 tunes the methods that stage
+k's best trial switched on), on a registered engine. ``run_options`` is the core both the ``run`` / ``resume``
+commands and the public ``run_search`` / ``resume_search`` (api.py) stand on."""
 
 from __future__ import annotations
 
@@ -57,7 +53,7 @@ ENGINES.register("optuna", _optuna_engine)
 ENGINES.register("ray", _ray_engine)
 
 
-def run_search(opts: RunOptions, *, engine: str = "optuna", engine_options: Any = None, preflight: bool = True,
+def run_options(opts: RunOptions, *, engine: str = "optuna", engine_options: Any = None, preflight: bool = True,
                monitor: Callable[[RunOptions], AbstractContextManager[Monitor]] | None = None,
                on_study: Callable[[optuna.Study], None] | None = None,
                log: Callable[[str], None] = print) -> optuna.Study:

@@ -31,6 +31,12 @@ from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file  # 
 from ..errors import StorageError
 
 DEFAULT_STORAGE = "runs/hybridsearch.journal"
+STORAGE_ENV = "HYBRIDSEARCH_STORAGE"  # the default storage of every command, instead of DEFAULT_STORAGE
+
+
+def default_storage() -> str:
+    """``$HYBRIDSEARCH_STORAGE``, else ``runs/hybridsearch.journal`` (relative to the working folder)."""
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 HEARTBEAT_S = 10
 GRACE_S = 30
 
@@ -131,12 +137,15 @@ def _driver_url(url: str) -> str:
     return url
 
 
-def _rdb(url: str, kwargs: dict[str, Any], sqlite_file: Path | None) -> optuna.storages.RDBStorage:
+def _rdb(url: str, kwargs: dict[str, Any], sqlite_file: Path | None, create: bool = True
+         ) -> optuna.storages.RDBStorage:
     """RDBStorage. Two processes creating a new database at once race on its schema (Optuna creates the tables
     and the version row without a lock): a SQLite file is created under a file lock; on a server, the slower
     process finds the schema there and opens it again."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    if not create:  # a reader: the schema is there (_check_exists), never create or change it
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
     if sqlite_file is not None:
         with _file_lock(sqlite_file.with_name(sqlite_file.name + ".init.lock")):
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
@@ -161,11 +170,15 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """``None`` -> ./runs/hybridsearch.journal; a path or ``journal:PATH`` -> JournalStorage;
-    ``sqlite:///``, ``postgresql://``, ``mysql://`` -> RDBStorage. Dead workers are detected by the engine's
-    own heartbeat attribute (engine.py), which works the same on every storage."""
-    url = url or DEFAULT_STORAGE
+def open_storage(url: str | None, create: bool = True) -> optuna.storages.BaseStorage:
+    """``None`` -> ``default_storage()``; a path or ``journal:PATH`` -> JournalStorage; ``sqlite:///``,
+    ``postgresql://``, ``mysql://`` -> RDBStorage. ``create=False`` (commands that only read a study) never creates
+    a file, a database schema or a folder: a storage that is not there is a ``StorageError`` naming it. Dead
+    workers are detected by the engines' own heartbeat attribute (study.py), which works the same on every
+    storage."""
+    url = url or default_storage()
+    if not create:
+        _check_exists(url)
     try:
         if "://" not in url:
             path = Path(url.removeprefix("journal:"))
@@ -178,7 +191,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
             sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         # sqlite: wait on the file lock instead of failing under concurrent workers
         kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-        storage = _rdb(_driver_url(url), kwargs, sqlite_file)
+        storage = _rdb(_driver_url(url), kwargs, sqlite_file, create)
         if sqlite:
             _sqlite_immediate(storage)
         return storage
@@ -189,13 +202,40 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         raise StorageError(redact(f"cannot open storage {mask_url(url)!r}: {why}", url)) from None
 
 
+class MissingStorage(StorageError):
+    """A reader's storage is not there: no file, or a database without Optuna's tables."""
+
+
+def _check_exists(url: str) -> None:
+    """For readers: the journal or SQLite file must exist, and a database server must hold Optuna's tables."""
+    if "://" not in url or url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("journal:").removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise MissingStorage(f"storage {mask_url(url)}: no such file, so no study there (--storage, or "
+                                 f"${STORAGE_ENV}; default {DEFAULT_STORAGE} relative to this folder)")
+        return
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(_driver_url(url))
+        try:
+            found = sqlalchemy.inspect(engine).has_table("studies")
+        finally:
+            engine.dispose()
+    except Exception as e:
+        raise StorageError(redact(f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: "
+                                  f"{first_line(e)}", url)) from None
+    if not found:
+        raise MissingStorage(f"storage {mask_url(url)}: the database holds no study (no Optuna tables)")
+
+
 # -- secrets and faults ------------------------------------------------------------------------------------------
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<at>@)")
 
 
 def mask_url(url: str | None) -> str:
     """The storage URL as it may be shown: a password becomes ``***`` (``postgresql://alice:***@host/db``)."""
-    return _PASSWORD.sub(r"\g<head>***\g<at>", url or DEFAULT_STORAGE)
+    return _PASSWORD.sub(r"\g<head>***\g<at>", url or default_storage())
 
 
 def redact(text: str, url: str | None = None) -> str:

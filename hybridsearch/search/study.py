@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .space import SearchSpace, load_space
 from .storage import GRACE_S, HEARTBEAT_S, open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+METRIC_NAMES = ("accuracy", "trainable_params")  # the objectives, in order
 DIED = "worker died (killed or crashed); re-queued"
 INTERRUPTED = "interrupted (Ctrl-C, SIGTERM or SIGHUP); re-queued on resume"
 STORAGE_FAULT = "the storage failed; re-queued on resume"
@@ -112,6 +114,10 @@ def open_study(opts: RunOptions, space: SearchSpace, create: bool, data: str | N
     study = optuna.create_study(study_name=opts.study, storage=storage, sampler=space.make_sampler(),
                                 pruner=pruner, directions=space.directions, load_if_exists=True)
     attrs = study.user_attrs
+    if not study.metric_names:  # Optuna's dashboard and trials_dataframe() show these names
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(METRIC_NAMES[: len(space.directions)]))
     if "space_hash" not in attrs:
         for key, value in (("space_ref", opts.space_ref), ("space", space.to_dict()),
                            ("space_hash", space.space_hash()), ("seed", opts.seed if opts.seed is not None else 0),

@@ -12,7 +12,7 @@ import torch
 
 from hybridsearch.deploy import export_winner
 from hybridsearch.errors import ConfigError
-from hybridsearch.search import RunOptions, run_search, space_from_dict
+from hybridsearch.search import RunOptions, run_options, space_from_dict
 from hybridsearch.search.space import SpaceError
 from hybridsearch.tasks import FAMILIES, TaskData, TaskFamily, data_kinds, family_of
 
@@ -97,7 +97,7 @@ def test_the_space_loader_asks_the_family(tmp_path, toy):
 def test_a_search_and_the_export_run_on_a_new_family(tmp_path, toy):
     path = tmp_path / "toy.yaml"
     path.write_text(json.dumps(_space(tmp_path)))  # JSON is YAML
-    study = run_search(RunOptions(study="toy", storage=str(tmp_path / "j.journal"), space_ref=str(path)), log=print)
+    study = run_options(RunOptions(study="toy", storage=str(tmp_path / "j.journal"), space_ref=str(path)), log=print)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 3 and all(t.values[0] == (t.user_attrs["seed"] % 7) / 7 for t in done)
     meta = export_winner(study, tmp_path / "winner", retrain=True, log=lambda m: None)
