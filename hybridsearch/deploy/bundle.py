@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..models import MODELS, build, create_model
+from ..models import MODELS, build, checkpoint_path, create_model
 from ..models.checkpoint import read_config_json, save_mamba, save_vim
 from ..peft import META_FILE, load_adapters, merge_peft, save_adapters
 from ..safeio import load_json
@@ -33,14 +33,15 @@ CHECKPOINT_SUFFIX = {"vim": ".pth", "lm": ""}  # a Vim checkpoint is one file, a
 
 # -- formats ---------------------------------------------------------------------------------------------------
 def base_format(base: str | Path) -> str:
-    """``hustvl`` (Vim file), ``mamba_ssm`` or ``hf`` (LM directory) for a checkpoint path or registered name."""
+    """``hustvl`` (Vim file), ``mamba_ssm`` or ``hf`` (LM directory) for a checkpoint path, Hub id or registered
+    name."""
     name = str(base)
     if name in MODELS:
         spec = MODELS.get(name)
         if spec.checkpoint is None or len(KIND_FORMATS[spec.kind]) == 1:
             return KIND_FORMATS[spec.kind][0]
         return base_format(spec.checkpoint())
-    path = Path(name)
+    path = checkpoint_path(name)  # a Hub id: its snapshot in the local cache
     if path.is_dir():  # transformers' configs name their model_type (converted -hf ones carry d_model too)
         return "hf" if "model_type" in read_config_json(path / "config.json") else "mamba_ssm"
     return "hustvl"

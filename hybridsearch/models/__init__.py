@@ -4,7 +4,11 @@
 * a registered name builds that architecture (random init), loading ``checkpoint`` when given, or the
   bundled checkpoint of a pretrained proxy;
 * a directory with ``config.json`` (mamba_ssm or HF layout) builds the Mamba LM from it and loads its weights;
-* a Vim ``.pth`` / ``.safetensors`` file builds the Vim its tensor shapes describe and loads it.
+* a Vim ``.pth`` / ``.safetensors`` file builds the Vim its tensor shapes describe and loads it;
+* a Hugging Face Hub id (``state-spaces/mamba-130m-hf``) loads its snapshot from the local cache (``hub.py``),
+  never downloading;
+* a transformers ``MambaForCausalLM``, its ``MambaConfig`` or its state dict is converted exactly
+  (``transformers_interop.py``).
 
 ``device="meta"`` builds the architecture only: a directory's ``config.json`` is all that is read, a Vim file's
 shapes come from its header (safetensors) or a memory map (zip torch files) without reading the weights.
@@ -12,6 +16,7 @@ shapes come from its header (safetensors) or a memory map (zip torch files) with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +27,9 @@ from torch import nn
 from ..errors import CheckpointError
 from ..registry import Registry
 from . import checkpoint as ckpt
+from .hub import cached_snapshot, is_hub_id
 from .mamba_lm import MambaConfig, MambaLM
+from .transformers_interop import mamba_lm_from_object
 from .vim import VimConfig, VisionMamba
 
 
@@ -124,20 +131,37 @@ def _lm_config_of(directory: Path) -> MambaConfig:
     return ckpt.mamba_config_from_json(directory / "config.json")
 
 
+def checkpoint_path(name: str | Path) -> Path | None:
+    """Where a name that is not registered lives: an existing path as it is, a Hugging Face Hub id
+    (``ORG/NAME``) as its snapshot in the local cache (never downloaded); None for a registered name."""
+    name = str(name)
+    if name in MODELS:
+        return None
+    path = Path(name)
+    if path.exists() or not is_hub_id(name):
+        return path
+    return cached_snapshot(name)
+
+
 def create_model(
-    name_or_path: str | Path,
+    name_or_path: str | Path | object,
     *,
     num_classes: int | None = None,
     checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
     pretrained: bool = True,
 ) -> nn.Module:
-    """Build a Vim or Mamba LM by registered name, checkpoint directory or Vim checkpoint file.
+    """Build a Vim or Mamba LM by registered name, checkpoint directory, Vim checkpoint file or Hugging Face Hub
+    id (from the local cache), or convert a transformers ``MambaForCausalLM`` / ``MambaConfig`` / state dict.
 
     Vim takes images (B, 3, H, W) and returns logits (B, num_classes); the LM takes token ids (B, L) and
     returns logits (B, L, vocab). ``device="meta"`` builds the architecture only (for exact counting).
     ``pretrained=False`` skips the bundled weights of a proxy model.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        if checkpoint is not None:
+            raise CheckpointError("create_model: checkpoint= goes with a registered name, not with an object")
+        return mamba_lm_from_object(name_or_path, device)
     name = str(name_or_path)
     meta = _is_meta(device)
     if name in MODELS:
@@ -146,11 +170,11 @@ def create_model(
             checkpoint = spec.checkpoint()
         if checkpoint is None or (meta and spec.kind == "vim"):
             return build(_with_classes(spec.config, num_classes), device)
-        path = Path(checkpoint)
+        path = checkpoint_path(checkpoint) or Path(checkpoint)
         if spec.kind == "vim":
             return _load_vim(spec.config, path, num_classes, device)
         return _load_lm(_lm_config_of(path) if path.is_dir() else spec.config, path, device)
-    path = Path(name)
+    path = checkpoint_path(name)
     if path.is_dir():
         return _load_lm(_lm_config_of(path), path, device)
     if path.is_file():
@@ -167,11 +191,11 @@ def model_config(name_or_path: str | Path, num_classes: int | None = None) -> Vi
     name = str(name_or_path)
     if name in MODELS:
         return _with_classes(MODELS.get(name).config, num_classes)
-    path = Path(name)
+    path = checkpoint_path(name)
     if path.is_dir():
         return _lm_config_of(path)
     return _with_classes(ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path, meta=True), name), num_classes)
 
 
 __all__ = ["ASSETS", "MODELS", "MambaConfig", "MambaLM", "ModelSpec", "VimConfig", "VisionMamba", "build",
-           "create_model", "model_config"]
+           "checkpoint_path", "create_model", "model_config"]

@@ -5,8 +5,9 @@
 * mamba_ssm: a directory with ``config.json`` (``d_model``, ``n_layer``, ``ssm_cfg``, ...) and
   ``pytorch_model.bin``.
 * Hugging Face ``-hf``: a directory with ``config.json`` (``model_type`` ``mamba``, ``hidden_size``, ...) and
-  ``model.safetensors``; the embedding is ``backbone.embeddings.weight`` (plural) and ``lm_head.weight`` may be
-  absent (tied). A folder with both weight files loads only if they hold the same tensors.
+  ``model.safetensors`` (or shards listed by ``model.safetensors.index.json``); the embedding is
+  ``backbone.embeddings.weight`` (plural) and ``lm_head.weight`` may be absent (tied). A folder with several
+  weight copies loads only if they hold the same tensors.
 
 Every key of a ``config.json`` is used, accepted as runtime-only, or refused with one line naming the file, the
 key and the allowed values (``config_from_dict``). Pickles are loaded with ``weights_only=True`` only: a file that
@@ -30,6 +31,7 @@ from .mamba_lm import MambaConfig
 from .vim import VimConfig
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a real config.json is about 1 KB
+MAX_INDEX_BYTES = 16 * 1024 * 1024  # a shard index: one line per tensor (about 100 KB for a 64-layer Mamba)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -185,7 +187,7 @@ _HF_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "sta
             "intermediate_size", "time_step_rank", "use_bias", "use_conv_bias", "layer_norm_epsilon", "hidden_act",
             "residual_in_fp32", "tie_word_embeddings", "initializer_range", "rescale_prenorm_residual",
             "time_step_scale", "time_step_min", "time_step_max", "time_step_floor", "time_step_init_scheme",
-            "use_cache", "use_mambapy",
+            "use_cache", "use_mambapy", "use_associative_scan",
             # mamba_ssm keys the converted -hf configs kept: checked against the transformers keys
             "d_model", "n_layer", "d_inner", "ssm_cfg", "rms_norm", "fused_add_norm", "pad_vocab_size_multiple")
 _REQUIRED = object()
@@ -299,9 +301,10 @@ def _from_mamba_ssm(c: dict, path: str) -> MambaConfig:
 
 def _from_hf(c: dict, path: str) -> MambaConfig:
     k = _Keys(c, path)
-    k.no_other_keys(_HF_KEYS, _RUNTIME)
+    # first: another model_type (mamba2, falcon_mamba, ...) is named as such, not as its first unknown key
     k.only("model_type", "mamba", ("mamba",), note=" (transformers' MambaConfig; Mamba2, FalconMamba and "
                                                    "other model types are other architectures)")
+    k.no_other_keys(_HF_KEYS, _RUNTIME)
     d_model, n_layer, expand = k.int("hidden_size"), k.int("num_hidden_layers"), k.int("expand", 2)
     cfg = MambaConfig(
         d_model=d_model, n_layer=n_layer, vocab_size=k.int("vocab_size"), d_state=k.int("state_size", 16),
@@ -318,7 +321,7 @@ def _from_hf(c: dict, path: str) -> MambaConfig:
     k.only("time_step_init_scheme", "random", ("random", "uniform", "constant"))
     for key in ("time_step_scale", "time_step_min", "time_step_max", "time_step_floor", "initializer_range"):
         k.number(key, 1.0)  # initialisation only: the weights replace it
-    for key in ("rescale_prenorm_residual", "use_cache", "use_mambapy", "fused_add_norm"):
+    for key in ("rescale_prenorm_residual", "use_cache", "use_mambapy", "use_associative_scan", "fused_add_norm"):
         k.flag(key, False)
     k.int("pad_vocab_size_multiple", 1)  # mamba_ssm's padding, already applied to vocab_size; transformers ignores it
     same = {"d_model": ("hidden_size", d_model), "n_layer": ("num_hidden_layers", n_layer),
@@ -359,23 +362,51 @@ def mamba_config_from_json(path: Path) -> MambaConfig:
     return config_from_dict(read_config_json(path), str(path))
 
 
+def _weight_sources(directory: Path) -> list[Path]:
+    return [directory / n for n in WEIGHT_FILES + tuple(n + ".index.json" for n in WEIGHT_FILES)
+            if (directory / n).is_file()]
+
+
 def find_weights(directory: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return directory / name
-    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin next to config.json")
+    found = _weight_sources(directory)
+    if not found:
+        raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin (nor a sharded "
+                              "*.index.json) next to config.json")
+    return found[0]
+
+
+def _read_sharded(index: Path) -> dict[str, Tensor]:
+    """A checkpoint that ``save_pretrained`` split into shards, as one state dict: the index's ``weight_map``
+    names each tensor's shard, a plain file name in the same folder."""
+    data = load_json(index, error=CheckpointError, what="weight index", max_bytes=MAX_INDEX_BYTES)
+    wmap = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
+        raise CheckpointError(f"{index}: not a weight index (needs a 'weight_map' of tensor names to shard files)")
+    sd: dict[str, Tensor] = {}
+    for shard in sorted(set(wmap.values())):
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(f"{index}: shard {_show(shard)} is not a file name in {index.parent}")
+        sd.update(read_state_dict(index.parent / shard))
+    if set(sd) != set(wmap):
+        odd = sorted(set(sd) ^ set(wmap))
+        raise CheckpointError(f"{index}: the shards do not hold the tensors the index lists ({odd[0]}"
+                              f"{f' and {len(odd) - 1} more' if len(odd) > 1 else ''})")
+    return sd
 
 
 def read_lm_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
-    """The (normalised) weights of an LM checkpoint folder and the file they came from. A folder holding both
-    weight files (Hugging Face repositories often do) loads only if the two hold the same tensors."""
-    found = [directory / n for n in WEIGHT_FILES if (directory / n).is_file()]
+    """The (normalised) weights of an LM checkpoint folder and the file they came from (a sharded checkpoint:
+    its index). A folder holding several copies (Hugging Face repositories often hold a safetensors and a torch
+    one) loads only if they hold the same tensors."""
+    found = _weight_sources(directory)
     if not found:
         find_weights(directory)  # raises the message
-    sds = [normalize_lm_keys(read_state_dict(f)) for f in found]
-    if len(sds) == 2 and (why := _disagreement(*sds)):
-        raise CheckpointError(f"{directory}: {found[0].name} and {found[1].name} disagree ({why}); keep one of "
-                              "them, the loader cannot tell which is meant")
+    sds = [normalize_lm_keys(_read_sharded(f) if f.name.endswith(".index.json") else read_state_dict(f))
+           for f in found]
+    for other, f in zip(sds[1:], found[1:]):
+        if why := _disagreement(sds[0], other):
+            raise CheckpointError(f"{directory}: {found[0].name} and {f.name} disagree ({why}); keep one of "
+                                  "them, the loader cannot tell which is meant")
     return sds[0], found[0]
 
 

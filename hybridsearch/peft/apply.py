@@ -10,13 +10,23 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.transformers_interop import is_transformers_object, mamba_lm_from_object
 from .hosts import hosts
 from .hybrid import PeftConfig
 from .registry import METHODS
 
 
 def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.Module:
-    """Freeze the base, attach every method of ``config`` (canonical order), keep the classifier head trainable."""
+    """Freeze the base, attach every method of ``config`` (canonical order), keep the classifier head trainable.
+
+    Returns the adapted model. A transformers ``MambaForCausalLM`` is first converted exactly into a new
+    hybridsearch ``MambaLM`` (as ``create_model(obj)``), and that one is adapted and returned: use the return
+    value, as with PEFT's ``get_peft_model``; the transformers object is left as it was."""
+    if getattr(model, "kind", None) not in ("vim", "lm"):
+        if not is_transformers_object(model):
+            raise ConfigError(f"apply_peft: expects a model from hybridsearch.create_model or a transformers "
+                              f"MambaForCausalLM, got a {type(model).__name__}")
+        model = mamba_lm_from_object(model)
     if not isinstance(config, PeftConfig):
         config = PeftConfig.from_dict(config) if isinstance(config, dict) else PeftConfig.from_yaml(config)
     if getattr(model, "peft_config", None) is not None:
