@@ -8,12 +8,13 @@ from pathlib import Path
 
 NAME = "apply"
 HELP = ("put saved adapters on a base checkpoint and write the result in the base's format (--merge: one plain "
-        "checkpoint); --hf-peft: the LoRA family in Hugging Face PEFT format")
+        "checkpoint); --hf-peft: a Hugging Face PEFT adapter plus the base it loads on")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True,
-                   help="base model: registered name, hustvl .pth, or mamba_ssm / HF checkpoint directory")
+                   help="base model: registered name, hustvl .pth, mamba_ssm / HF checkpoint directory, or a "
+                        "Hugging Face Hub id in the local cache (never downloaded)")
     p.add_argument("--adapters", type=Path, required=True,
                    help="adapters folder (save_adapters, or OUT/adapters/TASK of export --retrain)")
     p.add_argument("--merge", action="store_true",
@@ -23,7 +24,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="where to write: with --merge a .pth file (Vim) or a directory (LM); without, a bundle "
                         "directory (base checkpoint + adapters) that hybridsearch.deploy.load_model reads")
     p.add_argument("--hf-peft", type=Path, default=None, metavar="DIR",
-                   help="also write adapter_config.json + adapter_model.safetensors for Hugging Face PEFT")
+                   help="also write a Hugging Face PEFT LoRA adapter (adapter_config.json + "
+                        "adapter_model.safetensors) and, beside it, the base with what PEFT cannot express merged "
+                        "(DIR/base/ for the LM: AutoPeftModelForCausalLM.from_pretrained(DIR) loads it)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -43,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
                      "format": model.base_format}
     if args.hf_peft is not None:
         hf = export_hf_peft(model, args.hf_peft, base_name=str(args.base))
-        summary["hf_peft"] = {"dir": str(args.hf_peft), "targets": len(hf["config"]["target_modules"]),
-                              "left_out": hf["left_out"]}
+        summary["hf_peft"] = {"dir": hf["dir"], "base": hf["base"], "targets": len(hf["config"]["target_modules"]),
+                              "adapter": hf["adapter"], "merged": hf["merged"], "left_out": hf["left_out"]}
     if args.out is not None:
         if args.merge:
             merge_peft(model, strict=True)
@@ -56,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         kind = "plain checkpoint" if args.merge else "bundle (base + adapters)"
         print(f"wrote {summary['out']}: {kind}, {model.base_format} format")
     if "hf_peft" in summary:
-        left = summary["hf_peft"]["left_out"]
-        print(f"wrote {args.hf_peft}: Hugging Face PEFT LoRA, {summary['hf_peft']['targets']} target modules"
-              + (f"; left out: {', '.join(sorted(left))} (see its README.md)" if left else ""))
+        hf = summary["hf_peft"]
+        print(f"wrote {hf['dir']}: Hugging Face PEFT LoRA on {hf['targets']} modules: "
+              f"{', '.join(hf['adapter']) or 'none (a zero placeholder)'}")
+        print(f"  merged into {hf['base']}: {', '.join(hf['merged']) or 'nothing'}")
+        if hf["left_out"]:
+            print(f"  left out (not reproduced; see its README.md): {', '.join(hf['left_out'])}")
     return 0

@@ -4,7 +4,8 @@
   adapters and the merged model) — ``hybridsearch export``;
 * ``bundle``: saved adapters on a base checkpoint, merged or not, written in the base's own format —
   ``hybridsearch apply``;
-* ``hf_peft``: the LoRA family in Hugging Face PEFT's adapter format — ``hybridsearch apply --hf-peft``.
+* ``hf_peft``: a Hugging Face PEFT LoRA adapter plus the base it loads on (what PEFT cannot express merged into
+  it) — ``hybridsearch apply --hf-peft``.
 """
 
 from .bundle import apply_adapters, base_format, load_model, read_adapter_meta, write_model
