@@ -14,7 +14,7 @@ computes the model side in batches:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +31,14 @@ def _hidden_to_logprobs(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def continuation_logprobs(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                          batch_size: int = 16, keep_last: frozenset[int] = frozenset()
-                          ) -> tuple[list[list[float]], dict[int, torch.Tensor]]:
-    """Per-token log-probabilities of each continuation after its context (token-id lists), and for the pairs
-    in ``keep_last`` the whole log-distribution at their last continuation position."""
+def continuation_distributions(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                               batch_size: int = 16) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(index, log-distributions (len(cont), V))`` at each continuation position of each (context,
+    continuation) pair, longest batch first: the one batched pass every likelihood scorer here shares (the
+    commonsense evaluators and the lm-evaluation-harness model of ``harness_lm``)."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    out: list[list[float]] = [[] for _ in pairs]
-    last: dict[int, torch.Tensor] = {}
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         inputs = [(pairs[i][0] + pairs[i][1])[:-1] for i in idx]  # the last token is never an input
@@ -52,10 +50,21 @@ def continuation_logprobs(model: nn.Module, pairs: Sequence[tuple[list[int], lis
         for j, i in enumerate(idx):
             ctx, cont = pairs[i]
             pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=device)
-            lp = _hidden_to_logprobs(model, hidden[j, pos])
-            out[i] = lp.gather(1, torch.tensor(cont, device=device)[:, None]).squeeze(1).tolist()
-            if i in keep_last:
-                last[i] = lp[-1].cpu()
+            yield i, _hidden_to_logprobs(model, hidden[j, pos])
+
+
+def continuation_logprobs(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                          batch_size: int = 16, keep_last: frozenset[int] = frozenset()
+                          ) -> tuple[list[list[float]], dict[int, torch.Tensor]]:
+    """Per-token log-probabilities of each continuation after its context (token-id lists), and for the pairs
+    in ``keep_last`` the whole log-distribution at their last continuation position."""
+    out: list[list[float]] = [[] for _ in pairs]
+    last: dict[int, torch.Tensor] = {}
+    for i, lp in continuation_distributions(model, pairs, pad_id, batch_size):
+        cont = torch.tensor(pairs[i][1], device=lp.device)
+        out[i] = lp.gather(1, cont[:, None]).squeeze(1).tolist()
+        if i in keep_last:
+            last[i] = lp[-1].cpu()
     return out, last
 
 
@@ -112,24 +121,24 @@ def likelihood_accuracy(model: nn.Module, tokenizer: TextTokenizer, records: Seq
 
 
 @torch.no_grad()
-def greedy_generate(model: nn.Module, tokenizer: TextTokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
-                    batch_size: int = 16) -> list[str]:
-    """Greedy continuations (decoded, without the prompt), each stopping at EOS."""
+def greedy_tokens(model: nn.Module, seqs: Sequence[list[int]], eos_id: int, pad_id: int, max_new_tokens: int = 32,
+                  batch_size: int = 16, stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+    """Greedy continuations of token-id prompts (without EOS), each ending at EOS, after ``max_new_tokens`` or
+    once ``stop(new_tokens)`` is true (lm-evaluation-harness's stop sequences)."""
     model.eval()
     device = next(model.parameters()).device
-    out = [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[list[int]] = [[] for _ in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        seqs = [tokenizer.encode(prompts[i]) or [tokenizer.eos_id] for i in idx]
         new: list[list[int]] = [[] for _ in idx]
         active = list(range(len(idx)))
         for _ in range(max_new_tokens):
             if not active:
                 break
-            cur = [seqs[j] + new[j] for j in active]
+            cur = [seqs[idx[j]] + new[j] for j in active]
             length = max(len(s) for s in cur)
-            ids = torch.full((len(cur), length), tokenizer.pad_id, dtype=torch.long)
+            ids = torch.full((len(cur), length), pad_id, dtype=torch.long)
             for k, s in enumerate(cur):
                 ids[k, : len(s)] = torch.tensor(s)
             hidden = model.forward_hidden(ids.to(device))
@@ -137,14 +146,23 @@ def greedy_generate(model: nn.Module, tokenizer: TextTokenizer, prompts: Sequenc
             nxt = model.lm_head(hidden[torch.arange(len(cur), device=device), last]).argmax(-1).tolist()
             still = []
             for j, t in zip(active, nxt):
-                if t == tokenizer.eos_id:
+                if t == eos_id:
                     continue
                 new[j].append(int(t))
-                still.append(j)
+                if stop is None or not stop(new[j]):
+                    still.append(j)
             active = still
         for j, i in enumerate(idx):
-            out[i] = tokenizer.decode(new[j])
+            out[i] = new[j]
     return out
+
+
+def greedy_generate(model: nn.Module, tokenizer: TextTokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
+                    batch_size: int = 16) -> list[str]:
+    """Greedy continuations (decoded, without the prompt), each stopping at EOS."""
+    seqs = [tokenizer.encode(p) or [tokenizer.eos_id] for p in prompts]
+    new = greedy_tokens(model, seqs, tokenizer.eos_id, tokenizer.pad_id, max_new_tokens, batch_size)
+    return [tokenizer.decode(t) for t in new]
 
 
 def evaluate_generation(model: nn.Module, tokenizer: TextTokenizer, records: Sequence, task: str,
