@@ -38,8 +38,9 @@ def hub_cache_dir() -> Path:
 def _not_cached(repo_id: str, folder: Path, why: str) -> CheckpointError:
     return CheckpointError(
         f"{repo_id!r}: not a registered model or an existing path, and {why} (looked in {folder}); hybridsearch "
-        f"never downloads weights: run `hf download {repo_id}` where there is a network and copy that folder here, "
-        "or point HF_HUB_CACHE / HF_HOME at a cache that has it, or pass the checkpoint folder itself"
+        f"never downloads weights: run `hf download {repo_id}` where there is a network and copy its {folder.name} "
+        f"folder into {folder.parent}, or point HF_HUB_CACHE / HF_HOME at a cache that has it, or pass the "
+        "checkpoint folder itself"
     )
 
 
