@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data.tokenizers import ByteTokenizer, TextTokenizer, load_tokenizer
 from ..errors import ConfigError
-from ..models import create_model, model_config
+from ..models import checkpoint_path, create_model, model_config
 from ..models.mamba_lm import MambaConfig
 from ..peft import load_adapters
 
@@ -21,7 +21,7 @@ def resolve_tokenizer(model: str | os.PathLike[str], tokenizer: str | os.PathLik
     ``tokenizer.json``; else the byte tokenizer for a 258-token vocabulary (the proxies)."""
     if tokenizer is not None:
         return load_tokenizer(tokenizer)
-    path = Path(model)
+    path = checkpoint_path(model) or Path(model)  # a Hub id: its snapshot in the local cache
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return load_tokenizer(path)
     cfg = model_config(model)

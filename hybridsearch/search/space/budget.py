@@ -104,12 +104,18 @@ def validate_space(space: SearchSpace, count: bool = True) -> SpaceReport:
 
 
 def _check_model(space: SearchSpace, err: Errors, warn: Errors) -> bool:
-    from ...models import MODELS
+    from ...errors import CheckpointError
+    from ...models import MODELS, checkpoint_path
 
     m = space.model
-    if m.name not in MODELS and not Path(m.name).exists():
-        err.add("model.name", f"{m.name!r} is neither a registered model nor an existing checkpoint path; "
-                              f"allowed: {', '.join(MODELS.names())}")
+    try:  # a registered name, a path, or a Hugging Face Hub id in the local cache
+        where = checkpoint_path(m.name)
+    except CheckpointError as e:
+        err.add("model.name", str(e))
+        return False
+    if where is not None and not where.exists():
+        err.add("model.name", f"{m.name!r} is neither a registered model, an existing checkpoint path nor a "
+                              f"Hub id (ORG/NAME) in the local cache; registered: {', '.join(MODELS.names())}")
         return False
     if m.checkpoint is not None and not Path(m.checkpoint).exists():
         warn.add("model.checkpoint", f"{m.checkpoint} does not exist on this machine")
