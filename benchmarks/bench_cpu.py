@@ -96,7 +96,7 @@ def bench_scan(repeats: int, vim_s: bool) -> dict[str, dict]:
             with torch.no_grad():
                 fwd = paired({b: lambda b=b, xs=xs: selective_scan(*xs, True, backend=b) for b in BACKENDS}, reps)
             xg = scan_inputs(batch, dim, L, N, True, layout)
-            gout = torch.randn(batch, dim, L)
+            gout = scan_inputs(batch, dim, L, N, False, layout)[6]  # the output's gradient, laid out as the inputs
 
             def fwd_bwd(b: str, xs: list[torch.Tensor] = xg, gout: torch.Tensor = gout) -> None:
                 torch.autograd.grad(selective_scan(*xs, True, backend=b), xs, gout)

@@ -741,7 +741,10 @@ int hs_conv_forward(const ConvArgs* a) {
 
 int hs_conv_backward(const ConvArgs* a) {
   try {
-    std::vector<float> pw(a->dw ? size_t(a->batch * a->dim * a->K) : 0), pb(a->dbias ? size_t(a->batch * a->dim) : 0);
+    static thread_local std::vector<float> pw_own, pb_own;  // reused across calls, as the scan's partials
+    std::vector<float>&pw = pw_own, &pb = pb_own;            // references: what the workers' lambdas capture
+    if (a->dw) pw.resize(std::max(pw.size(), size_t(a->batch * a->dim * a->K)));
+    if (a->dbias) pb.resize(std::max(pb.size(), size_t(a->batch * a->dim)));
     parallel_conv(*a, [&](int64_t t, ConvScratch& s) { conv_backward_task(*a, t, s, pw, pb); });
     for (int pair = 0; pair < 2; ++pair) {  // fixed-order sums over the batch
       float* dst = pair ? a->dbias : a->dw;
@@ -778,14 +781,17 @@ int hs_scan_forward(const ScanArgs* a) {
 int hs_scan_backward(const ScanArgs* a) {
   try {
     Geometry g(*a);
-    Partials P;
+    // Reused across calls (every entry is written before it is read): a fresh buffer of this size would cost
+    // page faults on every backward.
+    static thread_local Partials calling_thread;
+    Partials& P = calling_thread;  // a reference: the workers' lambdas must see this thread's buffers, not their own
     if (g.nparts > 1) {
-      if (a->dB.dtype) P.dB.resize(size_t(a->batch * a->G * g.nparts * a->L * a->N));
-      if (a->dC.dtype) P.dC.resize(size_t(a->batch * a->G * g.nparts * a->L * a->N));
+      if (a->dB.dtype) P.dB.resize(std::max(P.dB.size(), size_t(a->batch * a->G * g.nparts * a->L * a->N)));
+      if (a->dC.dtype) P.dC.resize(std::max(P.dC.size(), size_t(a->batch * a->G * g.nparts * a->L * a->N)));
     }
-    if (a->dA) P.dA.resize(size_t(a->batch * a->dim * a->N));
-    if (a->dD) P.dD.resize(size_t(a->batch * a->dim));
-    if (a->dbias) P.dbias.resize(size_t(a->batch * a->dim));
+    if (a->dA) P.dA.resize(std::max(P.dA.size(), size_t(a->batch * a->dim * a->N)));
+    if (a->dD) P.dD.resize(std::max(P.dD.size(), size_t(a->batch * a->dim)));
+    if (a->dbias) P.dbias.resize(std::max(P.dbias.size(), size_t(a->batch * a->dim)));
     parallel_tasks(g.ntasks, a->nthreads, *a, true,
                    [&](int64_t t, Scratch& s) { backward_task(*a, g, t, s, P); });
     // Fixed-order sums: over parts for dB / dC, over the batch for dA, dD, d(delta_bias).
