@@ -427,8 +427,8 @@ def test_validate_reports_model_level_errors():
     d = base()
     d["model"] = {"name": "no-such-model"}
     report = validate_space(space_from_dict(d, source="s.yaml"))
-    assert report.errors == ["s.yaml: model.name: 'no-such-model' is neither a registered model nor an "
-                             "existing checkpoint path; allowed: " + ", ".join(MODELS.names())]
+    assert report.errors == ["s.yaml: model.name: 'no-such-model' is neither a registered model, an existing "
+                             "checkpoint path nor a cached Hub id (ORG/NAME); allowed: " + ", ".join(MODELS.names())]
 
 
 # -- the command -----------------------------------------------------------------------------------------------------

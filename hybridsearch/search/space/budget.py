@@ -115,7 +115,7 @@ def _check_model(space: SearchSpace, err: Errors, warn: Errors) -> bool:
         return False
     if where is not None and not where.exists():
         err.add("model.name", f"{m.name!r} is neither a registered model, an existing checkpoint path nor a "
-                              f"Hub id (ORG/NAME) in the local cache; registered: {', '.join(MODELS.names())}")
+                              f"cached Hub id (ORG/NAME); allowed: {', '.join(MODELS.names())}")
         return False
     if m.checkpoint is not None and not Path(m.checkpoint).exists():
         warn.add("model.checkpoint", f"{m.checkpoint} does not exist on this machine")
