@@ -4,6 +4,7 @@
 optional initial state and a ``reverse`` flag (scan from the last position to the first without a flipped copy).
 """
 
-from .selective_scan import BACKENDS, causal_conv1d, selective_scan
+from .linear import linear
+from .selective_scan import BACKENDS, causal_conv1d, resolve_backend, selective_scan
 
-__all__ = ["BACKENDS", "causal_conv1d", "selective_scan"]
+__all__ = ["BACKENDS", "causal_conv1d", "linear", "resolve_backend", "selective_scan"]

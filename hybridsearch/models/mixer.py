@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import causal_conv1d, selective_scan
+from ..kernels import causal_conv1d, linear, resolve_backend, selective_scan
 from .hooks import AffixHook, add_branches, effective
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
@@ -84,13 +84,17 @@ class MambaMixer(nn.Module):
     def eff(self, name: str, direction: str) -> Tensor:
         return effective(self, name, self.param(name, direction), direction)
 
+    def _linear(self, x: Tensor, w: Tensor) -> Tensor:
+        """The mixer's projections: through oneDNN on the cpu backend (kernels/linear.py), else ``F.linear``."""
+        return linear(x, w) if resolve_backend(self.scan_backend, x) == "cpu" else F.linear(x, w)
+
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, h: Tensor, affix: AffixHook | None = None) -> Tensor:
         """h: (B, L, d_model) -> (B, L, d_model). ``affix``: this layer's affix tokens (hooks.AffixHook)."""
         if affix is not None and affix.outer:
             h, keep = affix.insert_outer(h)
         w_in = effective(self, "in_proj.weight", self.in_proj.weight)
-        xz = add_branches(self, "in_proj", h, F.linear(h, w_in))  # (B, L', 2E)
+        xz = add_branches(self, "in_proj", h, self._linear(h, w_in))  # (B, L', 2E)
         # x and z as channels-innermost (B, E, L') views: the fused CPU kernels read them in place and the
         # split's backward is one concatenation (slices would cost a zero fill and a copy each).
         x, z = (t.transpose(1, 2) for t in xz.split(self.d_inner, dim=-1))
@@ -115,7 +119,7 @@ class MambaMixer(nn.Module):
         if affix is not None and affix.outer:
             y = y[:, keep]
         w_out = effective(self, "out_proj.weight", self.out_proj.weight)
-        return add_branches(self, "out_proj", y, F.linear(y, w_out))
+        return add_branches(self, "out_proj", y, self._linear(y, w_out))
 
     def _scan_direction(self, x: Tensor, z: Tensor, d: str, reverse: bool = False,
                         prefix: Tensor | None = None) -> Tensor:
@@ -158,9 +162,9 @@ class MambaMixer(nn.Module):
         """delta (B, E, L), A (E, N), B and C (B, N, L) from the conv output x (B, E, L); all but A are
         transposed views of (B, L, .) tensors, which every scan backend reads (or copies) as it needs."""
         N, R = self.d_state, self.dt_rank
-        x_dbl = F.linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
+        x_dbl = self._linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
-        delta = F.linear(dt, self.eff("dt_proj.weight", d)).transpose(1, 2)  # (B, E, L)
+        delta = self._linear(dt, self.eff("dt_proj.weight", d)).transpose(1, 2)  # (B, E, L)
         A = -torch.exp(self.eff("A_log", d).float())  # (E, N)
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
         for m in self.peft.values():

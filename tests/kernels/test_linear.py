@@ -1,0 +1,56 @@
+"""kernels.linear (oneDNN on fp32 CPU tensors) against F.linear: outputs and every gradient."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybridsearch.kernels import linear
+
+# `hybridsearch.kernels.linear` as an attribute is the function (re-exported), so fetch the module by name.
+lin = importlib.import_module("hybridsearch.kernels.linear")
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("shape", [(7, 5), (3, 11, 5), (2, 3, 4, 5)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_matches_f_linear(shape, bias, layout):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    if layout == "transposed" and x.dim() == 3:  # a channels-innermost view, as the mixers pass x_proj's input
+        x = torch.randn(shape[0], shape[2], shape[1], generator=g).transpose(1, 2)
+    x.requires_grad_()
+    w = torch.randn(6, shape[-1], generator=g, requires_grad=True)
+    b = torch.randn(6, generator=g, requires_grad=True) if bias else None
+    out, want = linear(x, w, b), F.linear(x, w, b)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    gout = torch.randn(want.shape, generator=g)
+    inputs = [t for t in (x, w, b) if t is not None]
+    for a, e in zip(torch.autograd.grad((out * gout).sum(), inputs), torch.autograd.grad((want * gout).sum(), inputs)):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_weight_and_deterministic():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 17, 128, generator=g, requires_grad=True)
+    w = torch.randn(20, 128, generator=g)  # frozen: no weight gradient is computed
+    runs = [torch.autograd.grad(linear(x, w).square().sum(), [x])[0] for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    torch.testing.assert_close(runs[0], torch.autograd.grad(F.linear(x, w).square().sum(), [x])[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_dtypes_take_f_linear(dtype):
+    x, w = torch.randn(3, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype)
+    assert torch.equal(linear(x, w), F.linear(x, w))
+
+
+def test_unavailable_onednn_falls_back(monkeypatch):
+    monkeypatch.setattr(lin, "_state", {"ok": False})
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    assert torch.equal(linear(x, w), F.linear(x, w))
