@@ -144,10 +144,9 @@ class MambaMixer(nn.Module):
             ctx = F.pad(px, (K1, 0))[..., px.shape[-1]:]  # the K1 conv inputs before position 0 (zeros if n < K1)
             ctx = ctx.expand(x.shape[0], -1, -1)
             if reverse:  # in scan order the context comes right after the last position
-                x = causal_conv1d(torch.cat([x, ctx.flip(-1)], -1), conv_w, conv_b, reverse=True,
-                                  backend=backend)[..., :L]
+                x = causal_conv1d(_cat_seq(x, ctx.flip(-1)), conv_w, conv_b, reverse=True, backend=backend)[..., :L]
             else:
-                x = causal_conv1d(torch.cat([ctx, x], -1), conv_w, conv_b, backend=backend)[..., K1:]
+                x = causal_conv1d(_cat_seq(ctx, x), conv_w, conv_b, backend=backend)[..., K1:]
             delta_p, A_p, B_p, C_p = self._ssm_inputs(x_pre, d)
             _, h0 = selective_scan(x_pre, delta_p, A_p, B_p, C_p, delta_bias=dt_bias, delta_softplus=True,
                                    return_last_state=True, backend=backend)
@@ -172,3 +171,8 @@ class MambaMixer(nn.Module):
             if extra is not None:
                 A, B, C = extra.concat(A, B, C)
         return delta, A, B, C
+
+
+def _cat_seq(a: Tensor, b: Tensor) -> Tensor:
+    """(B, E, La) and (B, E, Lb) joined along L, channels innermost like the mixer's other sequences."""
+    return torch.cat([a.transpose(1, 2), b.transpose(1, 2)], dim=1).transpose(1, 2)
