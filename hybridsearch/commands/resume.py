@@ -20,4 +20,4 @@ def run(args: argparse.Namespace) -> int:
     a = load_study(args.study, args.storage).user_attrs
     if args.data_root is None:
         args.data_root = a.get("data_root")
-    return execute(args, a["space_ref"], args.study, a.get("stage"), a.get("chosen"))
+    return execute(args, a["space_ref"], args.study, a.get("stage"), a.get("chosen"), single=a.get("single"))

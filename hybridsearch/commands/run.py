@@ -57,6 +57,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="bundled space name (mini_vtab, vim_vtab, ...) or a YAML path")
     p.add_argument("--study", default=None, help="study name (default: the space's name)")
+    p.add_argument("--warm-start", metavar="STUDY", default=None,
+                   help="a new study starts from the best configurations of STUDY, a finished study of the same "
+                        "storage (e.g. the same space on another task) that this space can run")
     add_run_options(p)
 
 
@@ -75,7 +78,7 @@ def default_workers(workers: int | None) -> int:
 
 
 def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: int | None = None,
-            chosen: list[str] | None = None, preflight: bool = False) -> int:
+            chosen: list[str] | None = None, preflight: bool = False, single: str | None = None) -> int:
     """Run the study (every stage of a staged space) with the command line's options; print each study's
     leaderboard and write it to ``--out`` (default runs/STUDY) as it ends."""
     import optuna
@@ -85,7 +88,8 @@ def execute(args: argparse.Namespace, space_ref: str, study_name: str, stage: in
     devices = args.devices.split(",") if args.devices else None
     opts = RunOptions(study=study_name, storage=args.storage, space_ref=space_ref, trials=args.trials,
                       workers=len(devices) if devices else default_workers(args.workers), timeout=args.timeout,
-                      seed=args.seed, data_root=args.data_root, devices=devices, stage=stage, chosen=chosen)
+                      seed=args.seed, data_root=args.data_root, devices=devices, stage=stage, chosen=chosen,
+                      warm_start=getattr(args, "warm_start", None), single=single)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opts.validate()
     _check_out(_out(args, study_name))  # before the search, not after it ran
@@ -119,17 +123,17 @@ def _check_out(out: Path) -> None:
 
 def _report(args: argparse.Namespace, study) -> dict:
     """Print the study's leaderboard, write leaderboard.json; returns the study's entry of ``--json``."""
-    from ..search.results import leaderboard, summary
-    from ..search.study import finished
+    from ..search.results import arm_studies, leaderboard, summary
+    from ..search.study import finished, study_target
     from ._leaderboard import render
 
     render(study, stderr=args.json)
     out = _out(args, study.study_name)
     out.mkdir(parents=True, exist_ok=True)
     board = out / "leaderboard.json"
-    s = summary(study)
+    s = summary(study, arm_studies(study))
     board.write_text(json.dumps({"summary": s, "trials": leaderboard(study)}, indent=2, default=str) + "\n")
-    target = study.user_attrs.get("target_trials")
+    target = study_target(study)
     print(f"{finished(study)}/{target} trials finished; leaderboard in {board}; export the winner with: "
           f"hybridsearch export {study.study_name} --out {out / 'winner'}", file=sys.stderr if args.json else None)
     return {"study": study.study_name, "finished": finished(study), "target": target, "leaderboard": str(board),
@@ -193,7 +197,7 @@ class _Progress:
 
     def poll(self, study) -> None:
         from ..search.results import best_trials
-        from ..search.study import finished
+        from ..search.study import finished, study_target
 
         trials = study.get_trials(deepcopy=False)
         news = [t for t in trials if t.state.is_finished() and t.number not in self.shown
@@ -203,7 +207,7 @@ class _Progress:
             self._line(t)
         best = best_trials(study)
         desc = f"best {best[0].values[0]:.4f} (#{best[0].number})" if best else "search"
-        self.progress.update(self.task, completed=finished(study), total=study.user_attrs.get("target_trials"),
+        self.progress.update(self.task, completed=finished(study), total=study_target(study),
                              description=desc)
 
     def on_trial(self, study, trial) -> None:

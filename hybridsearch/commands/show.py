@@ -19,12 +19,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.results import leaderboard, summary
+    from ..search.results import arm_studies, leaderboard, summary
     from ._leaderboard import render
 
     study = load_study(args.study, args.storage)
     if args.json:
-        print(json.dumps({"summary": summary(study), "trials": leaderboard(study)}, indent=2, default=str))
+        doc = {"summary": summary(study, arm_studies(study)), "trials": leaderboard(study)}
+        print(json.dumps(doc, indent=2, default=str))
     else:
         render(study, args.limit)
     return 0

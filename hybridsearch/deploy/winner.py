@@ -17,7 +17,7 @@ import torch
 from .._version import __version__
 from ..errors import ConfigError
 from ..peft import PeftConfig, merge_peft, save_adapters
-from ..search.results import best_trials
+from ..search.results import best_trials, mean_std, seed_scores
 from ..search.space import load_space
 from ..training.recipe import Recipe
 from .bundle import CHECKPOINT_SUFFIX, write_model
@@ -53,12 +53,20 @@ def export_winner(study: optuna.Study, out: Path, trial_number: int | None = Non
         "space_ref": study.user_attrs.get("space_ref"), "model": (study.user_attrs.get("space") or {}).get("model"),
         "counts": trial.user_attrs.get("counts"), "recipe": trial.user_attrs.get("recipe"),
         "fidelity": trial.user_attrs.get("fidelity"), "task_accuracy": trial.user_attrs.get("task_accuracy"),
+        **_over_seeds(study, trial),
         "versions": versions(), "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if retrain:
         meta["retrain"] = _retrain(study, trial, cfg, out, data_root or study.user_attrs.get("data_root"), log)
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return meta
+
+
+def _over_seeds(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's scores over seeds (its own, then its ``final`` re-trainings'), their mean and std."""
+    scores = seed_scores(study).get(trial.number, [trial.values[0]])
+    mean, std = mean_std(scores)
+    return {"seed_scores": scores, "mean": mean, "std": std}
 
 
 def _retrain(study: optuna.Study, trial: optuna.trial.FrozenTrial, cfg: PeftConfig, out: Path,

@@ -93,7 +93,7 @@ def run_search(space: str | Path | SearchSpace | dict, *, study: str | None = No
                trials: int | None = None, workers: int | None = None, seed: int | None = None,
                data_root: str | None = None, devices: Sequence[str] | None = None, timeout: float | None = None,
                engine: str = "optuna", engine_options: Any = None, callbacks: Sequence[Callback] = (),
-               preflight: bool = True) -> optuna.Study:
+               preflight: bool = True, warm_start: str | None = None) -> optuna.Study:
     """Create (or continue) a study of ``space`` and run it to its target number of finished trials.
 
     ``space``: a bundled name, a YAML path, a mapping in the YAML format or a ``SearchSpace``. ``study``: its name
@@ -102,10 +102,12 @@ def run_search(space: str | Path | SearchSpace | dict, *, study: str | None = No
     ``workers``: processes on this machine (default 1: trials run in this process). ``engine``: ``optuna`` or
     ``ray`` (``engine_options``: ``search.ray_engine.RayOptions``). ``callbacks``: ``(study, trial)`` for every
     finished trial, from every worker. Bad input raises a ``HybridSearchError`` naming the key and what is
-    allowed, before any study is created."""
+    allowed, before any study is created. ``warm_start``: a new study starts from the best configurations of
+    that finished study of the same storage (``--warm-start``)."""
     ref, name = _space_ref(space, storage, study)
     opts = RunOptions(study=study or name, storage=storage, space_ref=ref, trials=trials, workers=workers or 1,
-                      timeout=timeout, seed=seed, data_root=data_root, devices=list(devices) if devices else None)
+                      timeout=timeout, seed=seed, data_root=data_root, devices=list(devices) if devices else None,
+                      warm_start=warm_start)
     return _run(opts, engine, engine_options, callbacks, preflight)
 
 
@@ -125,7 +127,7 @@ def resume_search(study: str, *, storage: str | None = None, trials: int | None 
         raise StorageError(f"no study {study!r} in {mask_url(storage)}") from None
     opts = RunOptions(study=study, storage=storage, space_ref=attrs["space_ref"], trials=trials,
                       workers=workers or 1, timeout=timeout, data_root=attrs.get("data_root"),
-                      stage=attrs.get("stage"), chosen=attrs.get("chosen"))
+                      stage=attrs.get("stage"), chosen=attrs.get("chosen"), single=attrs.get("single"))
     return _run(opts, engine, engine_options, callbacks, preflight=False)
 
 

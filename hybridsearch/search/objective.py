@@ -74,8 +74,9 @@ class Objective:
             trial.set_user_attr("failure", reason)
             raise optuna.TrialPruned(reason)
         multi = len(self.space.objectives) > 1
-        # a baseline is the reference the winner must beat: it reports to the pruner but always finishes
-        prune = "baseline" not in trial.user_attrs
+        # a baseline is the reference the winner must beat, a final re-training measures a finalist's noise: they
+        # report to the pruner but always finish
+        prune = not ({"baseline", "final_of"} & set(trial.user_attrs))
         accs, timings = [], {}
         try:
             for ti, task in enumerate(self.tasks):

@@ -43,6 +43,7 @@ from .study import (
     owner,
     recover_stale,
     stage_space,
+    study_target,
 )
 
 WAIT_S = 1.0  # poll interval of a worker waiting for the last running trials
@@ -72,7 +73,7 @@ class _Worker:
         self.objective = Objective(self.space, tasks, self.device, seed=int(attrs.get("seed", 0)),
                                    data=attrs.get("data"))
         self.seed = opts.seed if opts.seed is not None else self.space.sampler.seed
-        self.target = int(attrs["target_trials"])
+        self.target = study_target(self.study)
         self.deadline = time.time() + opts.timeout if opts.timeout else None
 
     def _done(self) -> bool:
@@ -202,6 +203,6 @@ def _run_processes(opts: RunOptions, study: optuna.Study, poll: Callable | None)
         raise HybridSearchError(message if fault else f"{message} (worker {worker}); finished trials are kept: fix "
                                                       f"it, then hybridsearch resume {opts.study}")
     crashed = [f"worker {i} (exit status {p.exitcode})" for i, p in enumerate(procs) if p.exitcode]
-    if crashed and finished(study) < int(study.user_attrs["target_trials"]):
+    if crashed and finished(study) < study_target(study):
         raise HybridSearchError(f"{', '.join(crashed)} stopped before the study reached its target; finished "
                                 f"trials are kept: see the messages above, then hybridsearch resume {opts.study}")

@@ -61,6 +61,7 @@ from .study import (
     recover_stale,
     requeue,
     stage_space,
+    study_target,
 )
 
 # errors a retry may cure: a neighbour's memory on a shared GPU, a lost node, a storage hiccup
@@ -254,7 +255,7 @@ class _Driver:
         self.ray = _import_ray()
         self.study, self.space, self.opts, self.ro = study, space, opts, ro
         self.on_trial, self.poll = on_trial, poll
-        self.target = int(study.user_attrs["target_trials"])
+        self.target = study_target(study)
         self.seed = opts.seed if opts.seed is not None else space.sampler.seed
         self.deadline = time.time() + opts.timeout if opts.timeout else None
         # resources in the decorator, not .options(): only then does Ray give each GPU trial a fresh worker

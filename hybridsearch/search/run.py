@@ -14,9 +14,10 @@ import optuna
 
 from ..errors import ConfigError, HybridSearchError
 from ..registry import Registry
-from .results import best_trials
+from .final import queue_final
+from .results import ARM, best_trials
 from .space import load_space
-from .study import RunOptions
+from .study import RunOptions, finished, stage_space, study_target
 
 
 class Monitor(Protocol):
@@ -72,13 +73,13 @@ def run_options(opts: RunOptions, *, engine: str = "optuna", engine_options: Any
 
         check(space, opts.data_root, opts.devices)
     if opts.stage is not None or not space.stages:
-        return _run(run_one, opts, engine_options, monitor, on_study)
+        return _run(run_one, opts, engine_options, monitor, on_study, log)
     chosen, study = opts.chosen, None
     for k, st in enumerate(space.stages, 1):
         name = f"{opts.study}.{st.name or f'stage{k}'}"
         log(f"stage {k}/{len(space.stages)}: study {name}" + (f", methods {', '.join(chosen)}" if chosen else ""))
         stage_opts = dataclasses.replace(opts, study=name, stage=k, chosen=chosen, trials=opts.trials or st.trials)
-        study = _run(run_one, stage_opts, engine_options, monitor, on_study)
+        study = _run(run_one, stage_opts, engine_options, monitor, on_study, log)
         best = best_trials(study)
         if not best:
             raise HybridSearchError(f"stage {k} ({name}) finished without a completed trial; "
@@ -87,12 +88,31 @@ def run_options(opts: RunOptions, *, engine: str = "optuna", engine_options: Any
     return study
 
 
-def _run(run_one: Engine, opts: RunOptions, options: Any, monitor: Callable | None, on_study: Callable | None
-         ) -> optuna.Study:
+def _run(run_one: Engine, opts: RunOptions, options: Any, monitor: Callable | None, on_study: Callable | None,
+         log: Callable[[str], None] = print) -> optuna.Study:
+    """One study to its target, then its ``final`` re-trainings, then its ``single_arm`` studies."""
+    space = stage_space(opts)
     with monitor(opts) if monitor is not None else contextlib.nullcontext() as m:
         study = run_one(opts, options, m.on_trial if m else None, m.poll if m else None)
+        if space.final is not None and finished(study) >= study_target(study):  # not after a --timeout
+            queued = queue_final(study, space)
+            if queued:
+                log(f"final: {queued} re-trainings of the top {space.final.top_k} configurations "
+                    f"({space.final.seeds} seeds each)")
+            if finished(study) < study_target(study):  # queued now, or left by an interrupted run
+                study = run_one(dataclasses.replace(opts, warm_start=None), options, m.on_trial if m else None,
+                                m.poll if m else None)
         if m is not None:
             m.poll(study)
     if on_study is not None:
         on_study(study)
+    if space.single_arm is not None and finished(study) >= study_target(study):
+        for method in (n for n, ms in space.methods.items() if ms.optional):
+            name = f"{opts.study}{ARM}{method}"
+            log(f"single-method arm: study {name} ({space.single_arm.trials} trials)")
+            arm = dataclasses.replace(opts, study=name, single=method, trials=space.single_arm.trials,
+                                      warm_start=None)
+            _run(run_one, arm, options, monitor, on_study, log)
+        if on_study is not None:  # the study again, now compared with its tuned single methods
+            on_study(study)
     return study

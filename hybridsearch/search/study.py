@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class RunOptions:
     devices: list[str] | None = None
     stage: int | None = None
     chosen: list[str] | None = None
+    warm_start: str | None = None  # a finished study of this storage whose best configurations start a new one
+    single: str | None = None  # the single-method arm's study of this method (SearchSpace.single_space)
 
     def validate(self) -> None:
         """Refuse values that would be stored with the study or break a worker later (one line each)."""
@@ -90,6 +93,8 @@ def folder_name(study: str) -> str:
 def stage_space(opts: RunOptions) -> SearchSpace:
     """The space of ``opts`` (its stage's space for a staged run)."""
     space = load_space(opts.space_ref)
+    if opts.single is not None:
+        space = space.single_space(opts.single)
     return space if opts.stage is None else space.stage_space(opts.stage, opts.chosen)
 
 
@@ -108,6 +113,7 @@ def open_study(opts: RunOptions, space: SearchSpace, create: bool, data: str | N
     refused: its leaderboard would mix them."""
     storage = open_storage(opts.storage)
     pruner = space.make_pruner()
+    warm = _warm_trials(storage, opts.warm_start) if create and opts.warm_start else None
     if not create:
         return optuna.load_study(study_name=opts.study, storage=storage, sampler=space.make_sampler(),
                                  pruner=pruner)
@@ -122,9 +128,11 @@ def open_study(opts: RunOptions, space: SearchSpace, create: bool, data: str | N
         for key, value in (("space_ref", opts.space_ref), ("space", space.to_dict()),
                            ("space_hash", space.space_hash()), ("seed", opts.seed if opts.seed is not None else 0),
                            ("data_root", opts.data_root), ("data", data), ("stage", opts.stage),
-                           ("chosen", opts.chosen), ("created", time.time())):
+                           ("chosen", opts.chosen), ("single", opts.single), ("created", time.time())):
             study.set_user_attr(key, value)
-        _queue_baselines(study, space)
+        queue_startup(study, space, opts.seed if opts.seed is not None else space.sampler.seed, warm)
+        if opts.warm_start:
+            study.set_user_attr("warm_start", opts.warm_start)
     elif attrs["space_hash"] != space.space_hash():
         raise ConfigError(f"study {opts.study!r} was created from a different search space "
                           f"(hash {attrs['space_hash'][:12]} vs {space.space_hash()[:12]}); use a new --study name")
@@ -140,13 +148,70 @@ def open_study(opts: RunOptions, space: SearchSpace, create: bool, data: str | N
     return study
 
 
-def _queue_baselines(study: optuna.Study, space: SearchSpace) -> None:
-    """A new study with ``baselines: true`` starts with head-only and each method alone (space.baseline_params);
-    they count toward the target, and TPE learns from them as from its own start-up trials."""
-    if not space.baselines or study.get_trials(deepcopy=False):
+WARM_TOP = 4  # configurations a warm start takes from the other study when the space asks for no design
+
+
+def queue_startup(study: optuna.Study, space: SearchSpace, seed: int | None = 0,
+                  warm: list[FrozenTrial] | None = None, within: Callable[[dict], bool] | None = None) -> None:
+    """A new study's first trials, queued; they count toward the target, and TPE learns from them as from its own
+    start-up trials (so none of them repeats a random draw):
+
+    1. with ``baselines: true``, head-only and each method alone (space.baseline_params);
+    2. with ``warm`` (``--warm-start STUDY``: its completed trials, best first), the best configurations of that
+       study that this space can run: ``startup.design`` of them, else ``WARM_TOP``;
+    3. with ``startup.design``, the rest of that many points of a Sobol design seeded with ``seed``.
+
+    ``within``: the budget check of a design point (default: exact counts). The simulator (search/simulate.py)
+    queues through here too, so it runs what a real study runs."""
+    if study.get_trials(deepcopy=False):
         return
-    for name, params in space.baseline_params().items():
-        study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+    queued: list[dict[str, Any]] = []
+    if space.baselines:
+        for name, params in space.baseline_params().items():
+            study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+            queued.append(params)
+    design = space.startup.design if space.startup else 0
+    for t, params in _fitting(space, warm or [], design or WARM_TOP):
+        study.enqueue_trial(params, user_attrs={"warm_start": t.number}, skip_if_exists=False)
+        queued.append(params)
+        design -= 1
+    if design > 0:
+        from .space.design import sobol_design
+
+        for params in sobol_design(space, design, seed or 0, exclude=queued, within=within):
+            study.enqueue_trial(params, user_attrs={"design": True}, skip_if_exists=False)
+
+
+def _warm_trials(storage: Any, name: str) -> list[FrozenTrial]:
+    """The completed trials of study ``name`` (``--warm-start``), best first; refused before anything is written
+    when the study is not in this storage or has no completed trial."""
+    from .results import ranked_trials
+
+    try:
+        other = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"--warm-start {name!r}: no such study in this storage; it must be a finished study "
+                          "of the same storage (hybridsearch show lists a study's trials)") from None
+    best = ranked_trials(other)
+    if not best:
+        raise ConfigError(f"--warm-start {name!r}: the study has no completed trial to start from")
+    return best
+
+
+def _fitting(space: SearchSpace, trials: list[FrozenTrial], n: int) -> list[tuple[FrozenTrial, dict[str, Any]]]:
+    """The first ``n`` of ``trials`` whose configuration this space can run: every parameter it samples is there
+    and within its range (a study of another task, of the same or an overlapping space)."""
+    out: list[tuple[FrozenTrial, dict[str, Any]]] = []
+    for t in trials:
+        if len(out) >= n:
+            break
+        try:
+            params = space.fixed_config(t.params).params
+        except ConfigError:
+            continue
+        if params not in [p for _, p in out]:
+            out.append((t, params))
+    return out
 
 
 def check_data(opts: RunOptions, space: SearchSpace) -> str:
@@ -224,6 +289,13 @@ def _live(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(live, key=lambda t: (_position(t, by_number), t.number))
 
 
+def study_target(study: optuna.Study) -> int:
+    """The number of finished trials a run goes to: the stored target of the search plus the queued re-trainings
+    of ``final`` (which never use up the search's own trials)."""
+    finals = sum(1 for t in _live(study.get_trials(deepcopy=False)) if "final_of" in t.user_attrs)
+    return int(study.user_attrs["target_trials"]) + finals
+
+
 def _counted(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     return sum(1 for t in _live(study.get_trials(deepcopy=False)) if t.state in states)
 
@@ -288,9 +360,12 @@ class Heartbeat:
         self._stop.set()
 
 
+_KEPT = ("baseline", "final_of", "design", "warm_start")  # what a trial was queued as; its retry is the same
+
+
 def retry_attrs(t: FrozenTrial) -> dict[str, Any]:
-    """A retry replaces trial ``t`` and keeps its baseline name."""
-    return {"retry_of": t.number, **({"baseline": t.user_attrs["baseline"]} if "baseline" in t.user_attrs else {})}
+    """A retry replaces trial ``t`` and keeps what it was queued as (a baseline, a final re-training...)."""
+    return {"retry_of": t.number, **{k: t.user_attrs[k] for k in _KEPT if k in t.user_attrs}}
 
 
 def _params(t: FrozenTrial) -> dict[str, Any]:

@@ -370,13 +370,17 @@ def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted, ca
     assert [list(t.user_attrs["peft"]["methods"]) for t in trials[:3]] == [["tune_D"], ["lora_X", "tune_D"],
                                                                            ["affix", "tune_D"]]
     assert trials[1].params["lora_X.rank"] == 2  # the space's default (else the middle of the range)
+    assert list(trials[3].user_attrs["peft"]["methods"]) == ["affix", "tune_D"]  # sampled: affix alone again
     b = summary(study)["baselines"]
-    assert b["best_single_method"] == "lora_X" and b["single_score"] == pytest.approx(0.5)
-    assert b["baseline_methods"] == ["lora_X", "tune_D"]  # tune_D is always on in this space
+    # the best trial of each single method over the whole study, not only its baseline at default values
+    assert {m: (e["trial"], e["score"]) for m, e in b["per_method"].items()} == {"lora_X": (1, 0.5),
+                                                                                 "affix": (3, 0.9)}
+    assert b["best_single_method"] == "affix" and b["single_score"] == pytest.approx(0.9)
+    assert b["baseline_methods"] == ["affix", "tune_D"]  # tune_D is always on in this space
     render(study)
-    assert "winner #3 0.9000 vs best baseline lora_X + tune_D (#1) 0.5000: +0.4000; head only 0.3000" \
+    assert "winner #3 0.9000 vs best baseline affix + tune_D (#3) 0.9000: +0.0000; head only 0.3000" \
         in capsys.readouterr().out
-    assert b["winner_trial"] == 3 and b["gain"] == pytest.approx(0.4)
+    assert b["winner_trial"] == 3 and b["gain"] == pytest.approx(0.0)
     assert b["head_only_score"] == pytest.approx(0.3)
     # resuming queues nothing again
     study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base", trials=5)

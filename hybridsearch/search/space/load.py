@@ -37,17 +37,20 @@ from .schema import (
     Budget,
     DataSpace,
     Fidelity,
+    FinalSpec,
     MethodSpace,
     ModelSpace,
     PrunerSpec,
     SamplerSpec,
     SearchSpace,
+    SingleArm,
     Stage,
+    StartupSpec,
 )
 
 BUNDLED_PACKAGE = "hybridsearch.search_spaces"
 _TOP = ("name", "description", "model", "data", "methods", "budget", "objectives", "stages", "fidelity",
-        "pruner", "sampler", "recipe", "trials", "baselines")
+        "pruner", "sampler", "recipe", "trials", "baselines", "final", "startup", "single_arm")
 
 
 def bundled_spaces() -> list[str]:
@@ -112,13 +115,17 @@ def _build(data: Any, errs: Errors, default_name: str, location: str) -> SearchS
     n_tasks = len(fidelity.tasks or (data_.tasks if data_ else ()))
     pruner = _parse_pruner(d.get("pruner"), fidelity, n_tasks, objectives, errs)
     sampler = _parse_sampler(d.get("sampler"), errs)
+    final = _parse_final(d.get("final"), errs)
+    startup = _parse_startup(d.get("startup"), errs)
+    single_arm = _parse_single_arm(d.get("single_arm"), methods, stages, errs)
     _cross_checks(model, data_, methods, recipe, stages, errs)
     if errs.items or model is None or data_ is None:
         return None
     return SearchSpace(
         name=get(d, "name", "", errs, c_str(), default_name), source=location, model=model, data=data_,
         methods=methods, budget=budget, objectives=objectives, stages=stages, fidelity=fidelity, pruner=pruner,
-        sampler=sampler, recipe=recipe, trials=trials, baselines=baselines,
+        sampler=sampler, recipe=recipe, trials=trials, baselines=baselines, final=final, startup=startup,
+        single_arm=single_arm,
         description=get(d, "description", "", errs, c_str(null=True), "") or "",
     )
 
@@ -314,6 +321,34 @@ def _parse_sampler(raw: Any, errs: Errors) -> SamplerSpec:
     if kind == "tpe" and opts["group"] and not opts["multivariate"]:
         errs.add("sampler.group", "group: true needs multivariate: true (Optuna's TPE)")
     return SamplerSpec(kind, seed, opts)
+
+
+def _parse_final(raw: Any, errs: Errors) -> FinalSpec | None:
+    """``final: {top_k, seeds}``: null or absent, none."""
+    if raw is None:
+        return None
+    d = mapping(raw, "final", errs, ("top_k", "seeds"))
+    return FinalSpec(get(d, "top_k", "final", errs, c_int(1, hi=MAX_COUNT), 3),
+                     get(d, "seeds", "final", errs, c_int(2, hi=100), 3))
+
+
+def _parse_startup(raw: Any, errs: Errors) -> StartupSpec | None:
+    if raw is None:
+        return None
+    d = mapping(raw, "startup", errs, ("design",))
+    return StartupSpec(get(d, "design", "startup", errs, c_int(0, hi=MAX_COUNT), 0))
+
+
+def _parse_single_arm(raw: Any, methods: dict[str, MethodSpace], stages: tuple[Stage, ...],
+                      errs: Errors) -> SingleArm | None:
+    if raw is None:
+        return None
+    d = mapping(raw, "single_arm", errs, ("trials",))
+    if stages:
+        errs.add("single_arm", "not with stages: the arm tunes each method of an unstaged space alone")
+    if methods and not any(m.optional for m in methods.values()):
+        errs.add("single_arm", "no method is optional: there is no single method to tune alone")
+    return SingleArm(get(d, "trials", "single_arm", errs, c_int(1, hi=MAX_COUNT), 4))
 
 
 def _cross_checks(model: ModelSpace | None, data: DataSpace | None, methods: dict[str, MethodSpace],

@@ -44,6 +44,15 @@ class Param:
         """A typical value for the baseline trials: the ``default``, else the middle of the range."""
         return self.resolved
 
+    def from_unit(self, u: float) -> Any:
+        """The value at ``u`` in [0, 1) of the distribution random search draws from (uniform over the grid or
+        the range, log-uniform for a log range): a point of the unit cube becomes a configuration (designs)."""
+        return self.resolved
+
+    def to_unit(self, v: Any) -> float:
+        """Where ``v`` lies in [0, 1] (the inverse of ``from_unit`` up to the grid): a feature of a surrogate."""
+        return 0.0
+
     def to_yaml(self) -> Any:
         raise NotImplementedError
 
@@ -71,6 +80,16 @@ class IntParam(Param):
             return self.default
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return self.low + self.step * math.floor((mid - self.low) / self.step + 0.5)  # half up
+
+    def from_unit(self, u: float) -> int:
+        if self.log:
+            v = round(math.exp(math.log(self.low) + _clip(u) * (math.log(self.high) - math.log(self.low))))
+            return min(max(v, self.low), self.high)
+        n = (self.high - self.low) // self.step + 1
+        return self.low + self.step * min(int(_clip(u) * n), n - 1)
+
+    def to_unit(self, v: Any) -> float:
+        return _position(float(v), self.low, self.high, self.log)
 
     def contains(self, v: Any) -> bool:
         ok = isinstance(v, int) and not isinstance(v, bool)
@@ -109,6 +128,17 @@ class FloatParam(Param):
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return mid if self.step is None else self.low + self.step * math.floor((mid - self.low) / self.step + 0.5)
 
+    def from_unit(self, u: float) -> float:
+        if self.log:
+            return math.exp(math.log(self.low) + _clip(u) * (math.log(self.high) - math.log(self.low)))
+        if self.step is None:
+            return self.low + _clip(u) * (self.high - self.low)
+        n = round((self.high - self.low) / self.step) + 1
+        return self.low + self.step * min(int(_clip(u) * n), n - 1)
+
+    def to_unit(self, v: Any) -> float:
+        return _position(float(v), self.low, self.high, self.log)
+
     def contains(self, v: Any) -> bool:
         n = as_number(v)
         return n is not None and self.low - 1e-12 <= n <= self.high + 1e-12
@@ -127,6 +157,18 @@ class FloatParam(Param):
             (f" step {self.step:g}" if self.step is not None else "")
 
 
+def _clip(u: float) -> float:
+    return min(max(float(u), 0.0), 1.0)
+
+
+def _position(v: float, low: float, high: float, log: bool) -> float:
+    if high <= low:
+        return 0.0
+    if log:
+        return _clip((math.log(v) - math.log(low)) / (math.log(high) - math.log(low)))
+    return _clip((v - low) / (high - low))
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equality that keeps True apart from 1 (Python's True == 1)."""
     return a == b and (isinstance(a, bool) == isinstance(b, bool))
@@ -142,6 +184,13 @@ class CategoricalParam(Param):
 
     def middle(self) -> Any:
         return self.choices[0] if self.default is MISSING else self.default
+
+    def from_unit(self, u: float) -> Any:
+        return self.choices[min(int(_clip(u) * len(self.choices)), len(self.choices) - 1)]
+
+    def to_unit(self, v: Any) -> float:
+        i = next((i for i, c in enumerate(self.choices) if _same(v, c)), 0)
+        return i / max(len(self.choices) - 1, 1)
 
     def contains(self, v: Any) -> bool:
         return any(_same(v, c) for c in self.choices)

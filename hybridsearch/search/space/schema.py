@@ -96,6 +96,31 @@ class SamplerSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FinalSpec:
+    """``final``: when the search reaches its target, the ``top_k`` configurations are trained again until each
+    has ``seeds`` seeds (its own trial counts as one); results rank them by the mean over seeds."""
+
+    top_k: int = 3
+    seeds: int = 3
+
+
+@dataclass(frozen=True)
+class StartupSpec:
+    """``startup``: the trials a new study queues after its baselines. ``design``: that many points of a
+    scrambled Sobol design over the space (search/space/design.py), instead of the sampler's random draws."""
+
+    design: int = 0
+
+
+@dataclass(frozen=True)
+class SingleArm:
+    """``single_arm``: after the search, each optional method alone is tuned in its own study
+    (``STUDY.single.<method>``) of ``trials`` trials, so the winner is compared with tuned single methods."""
+
+    trials: int = 4
+
+
 @dataclass
 class SampledConfig:
     """One draw: the hybrid PEFT config, the training recipe (``train.Recipe`` keys) and the suggested values."""
@@ -122,6 +147,9 @@ class SearchSpace:
     trials: int = 20
     description: str = ""
     baselines: bool = False
+    final: FinalSpec | None = None
+    startup: StartupSpec | None = None
+    single_arm: SingleArm | None = None
     # set on the spaces that stage_space() derives
     stage: int | None = None
     chosen: tuple[str, ...] = ()
@@ -173,8 +201,13 @@ class SearchSpace:
             def pick(name: str, p: Param, only: str | None = only) -> Any:
                 return name == f"use.{only}" if name.startswith("use.") else p.middle()
 
-            out[only or "head_only"] = self._draw(None, strict=False, pick=pick).params
+            out[only or "head_only"] = self.pick_config(pick).params
         return out
+
+    def pick_config(self, pick: Callable[[str, Param], Any]) -> SampledConfig:
+        """The configuration whose every sampled value is ``pick(name, param)`` (baselines, designs); names
+        follow the conditional order, so a method's values are asked only when its ``use.<method>`` is true."""
+        return self._draw(None, strict=False, pick=pick)
 
     def _draw(self, trial: Any, strict: bool, pick: Callable[[str, Param], Any] | None = None) -> SampledConfig:
         s = _Suggester(trial, strict, self.source, pick)
@@ -241,6 +274,17 @@ class SearchSpace:
         return replace(self, methods=methods, stages=(), trials=st.trials, stage=2, chosen=tuple(methods),
                        drop_one=st.drop_one and len(methods) > 1)
 
+    def single_space(self, method: str) -> SearchSpace:
+        """The single-method arm of ``method``: it alone (with the always-on methods), always on, its values and
+        the recipe searched as in this space; no baselines, start-up design or arm of its own."""
+        if method not in self.methods or not self.methods[method].optional:
+            allowed = ", ".join(n for n, m in self.methods.items() if m.optional)
+            raise ConfigError(f"{self.source}: single_arm: {method!r} is not an optional method; allowed: {allowed}")
+        methods = {n: (replace(m, optional=False) if n == method else m) for n, m in self.methods.items()
+                   if n == method or not m.optional}
+        return replace(self, methods=methods, baselines=False, startup=None, single_arm=None,
+                       final=None if self.final is None else replace(self.final, top_k=1))
+
     # ---- optuna objects and the task family
     def make_sampler(self, seed: int | None = None) -> Any:
         """The space's sampler; ``seed`` overrides the space's seed (e.g. seed + worker index)."""
@@ -288,6 +332,9 @@ class SearchSpace:
             d["stages"] = [stage_dict(s) for s in self.stages]
         if self.baselines:  # only when set: existing studies keep their space hash
             d["baselines"] = True
+        for key in ("final", "startup", "single_arm"):  # the same
+            if (section := getattr(self, key)) is not None:
+                d[key] = dataclasses.asdict(section)
         return d
 
     def space_hash(self) -> str:
