@@ -112,11 +112,14 @@ def _build() -> Path:
         if target.exists():  # another process built it while we waited
             return target
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        cmd = [cxx, *FLAGS, "-o", str(tmp), str(SOURCE)]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise CpuScanUnavailable(f"cannot run the C++ compiler {cxx!r}: {e}") from None
+        for flags in (FLAGS, tuple(f for f in FLAGS if f != "-march=native")):  # a compiler without -march=native
+            try:
+                res = subprocess.run([cxx, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                                     timeout=600)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise CpuScanUnavailable(f"cannot run the C++ compiler {cxx!r}: {e}") from None
+            if res.returncode == 0:
+                break
         if res.returncode != 0:
             tmp.unlink(missing_ok=True)
             first = next((ln for ln in res.stderr.splitlines() if "error" in ln), res.stderr.strip()[:200])

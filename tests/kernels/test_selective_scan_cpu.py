@@ -284,8 +284,9 @@ SCAN_ONCE = ("import torch; from hybridsearch.kernels import selective_scan; x =
              "from hybridsearch.kernels.selective_scan import cpu; print(cpu.available())")
 
 
-def test_without_a_compiler_auto_warns_one_line(tmp_path):
-    proc = _python(SCAN_ONCE, {"CXX": "/nonexistent/c++", "HYBRIDSEARCH_CACHE": str(tmp_path)})
+@pytest.mark.parametrize("cxx", ["/nonexistent/c++", "false"], ids=["no-compiler", "failing-compiler"])
+def test_without_a_compiler_auto_warns_one_line(tmp_path, cxx):
+    proc = _python(SCAN_ONCE, {"CXX": cxx, "HYBRIDSEARCH_CACHE": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
