@@ -17,7 +17,7 @@ from ..registry import Registry
 from .final import queue_final
 from .results import ARM, best_trials
 from .space import load_space
-from .study import RunOptions, finished, stage_space, study_target
+from .study import RunOptions, finished, queue_last_baselines, stage_space, study_target
 
 
 class Monitor(Protocol):
@@ -94,14 +94,17 @@ def _run(run_one: Engine, opts: RunOptions, options: Any, monitor: Callable | No
     space = stage_space(opts)
     with monitor(opts) if monitor is not None else contextlib.nullcontext() as m:
         study = run_one(opts, options, m.on_trial if m else None, m.poll if m else None)
-        if space.final is not None and finished(study) >= study_target(study):  # not after a --timeout
-            queued = queue_final(study, space)
-            if queued:
-                log(f"final: {queued} re-trainings of the top {space.final.top_k} configurations "
-                    f"({space.final.seeds} seeds each)")
+        again = dataclasses.replace(opts, warm_start=None)
+        # then the queued phases, each once the one before reached its target (not after a --timeout)
+        for phase in (queue_last_baselines, queue_final):
+            if finished(study) < study_target(study):
+                break
+            if queued := phase(study, space):
+                log(f"{'baselines' if phase is queue_last_baselines else 'final'}: {queued} trials queued"
+                    + (f" (the top {space.final.top_k}, {space.final.seeds} seeds each)"
+                       if phase is queue_final else " (each method alone, after the search)"))
             if finished(study) < study_target(study):  # queued now, or left by an interrupted run
-                study = run_one(dataclasses.replace(opts, warm_start=None), options, m.on_trial if m else None,
-                                m.poll if m else None)
+                study = run_one(again, options, m.on_trial if m else None, m.poll if m else None)
         if m is not None:
             m.poll(study)
     if on_study is not None:

@@ -166,7 +166,9 @@ def queue_startup(study: optuna.Study, space: SearchSpace, seed: int | None = 0,
     if study.get_trials(deepcopy=False):
         return
     queued: list[dict[str, Any]] = []
-    if space.baselines:
+    if space.baselines_last:  # queued by queue_last_baselines once the search's own trials are done
+        study.set_user_attr("baselines_last", len(space.baseline_params()))
+    elif space.baselines:
         for name, params in space.baseline_params().items():
             study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
             queued.append(params)
@@ -180,6 +182,17 @@ def queue_startup(study: optuna.Study, space: SearchSpace, seed: int | None = 0,
 
         for params in sobol_design(space, design, seed or 0, exclude=queued, within=within):
             study.enqueue_trial(params, user_attrs={"design": True}, skip_if_exists=False)
+
+
+def queue_last_baselines(study: optuna.Study, space: SearchSpace) -> int:
+    """``baselines: last``: queue the baselines once the search's own trials are done (they measure the winner
+    against each method alone without delaying the search); returns how many were queued (0: none pending)."""
+    if not space.baselines_last or any("baseline" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        return 0
+    baselines = space.baseline_params()
+    for name, params in baselines.items():
+        study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+    return len(baselines)
 
 
 def _warm_trials(storage: Any, name: str) -> list[FrozenTrial]:
@@ -290,10 +303,13 @@ def _live(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def study_target(study: optuna.Study) -> int:
-    """The number of finished trials a run goes to: the stored target of the search plus the queued re-trainings
-    of ``final`` (which never use up the search's own trials)."""
-    finals = sum(1 for t in _live(study.get_trials(deepcopy=False)) if "final_of" in t.user_attrs)
-    return int(study.user_attrs["target_trials"]) + finals
+    """The number of finished trials a run goes to: the stored target plus the queued re-trainings of ``final``
+    (which never use up the search's own trials), less the baselines of ``baselines: last`` while they are not
+    queued yet (the search's own trials stop there; run.py then queues them)."""
+    trials = _live(study.get_trials(deepcopy=False))
+    finals = sum(1 for t in trials if "final_of" in t.user_attrs)
+    pending = 0 if any("baseline" in t.user_attrs for t in trials) else int(study.user_attrs.get("baselines_last", 0))
+    return int(study.user_attrs["target_trials"]) + finals - pending
 
 
 def _counted(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

@@ -158,6 +158,29 @@ def test_final_trials_are_never_pruned(tmp_path, make_space, scripted):
     assert [t.state for t in by_number(study) if "final_of" in t.user_attrs] == [TrialState.COMPLETE] * 2
 
 
+# -- baselines: last -----------------------------------------------------------------------------------------------
+def test_baselines_last_run_after_the_search_and_count_toward_the_target(tmp_path, make_space, scripted):
+    scripted(lambda call, seed: 0.1 * (seed + 1))
+    space = make_space(trials=5, baselines="last", final={"top_k": 1, "seeds": 2})
+    study = run_options(opts(space, tmp_path / "j.journal", "last"), preflight=False, log=lambda m: None)
+    trials = by_number(study)
+    assert [t.user_attrs.get("baseline") for t in trials[:5]] == [None, None, "head_only", "lora_X", "affix"]
+    assert trials[5].user_attrs["final_of"] == 4 and finished(study) == study_target(study) == 6
+    assert load_space(space).to_dict()["baselines"] == "last"
+    assert summary(study)["baselines"]["head_only_score"] == pytest.approx(0.3)
+
+
+def test_baselines_last_after_an_interrupted_run(tmp_path, make_space, scripted):
+    """The engine alone (a run interrupted before its phases) stops after the search's own trials; the next run
+    queues the baselines and runs them."""
+    scripted()
+    space = make_space(trials=5, baselines="last")
+    study = run_study(opts(space, tmp_path / "j.journal", "cut"))
+    assert [t.user_attrs.get("baseline") for t in by_number(study)] == [None, None] and study_target(study) == 2
+    study = run_options(opts(space, tmp_path / "j.journal", "cut"), preflight=False, log=lambda m: None)
+    assert [t.user_attrs.get("baseline") for t in by_number(study)] == [None, None, "head_only", "lora_X", "affix"]
+
+
 # -- the start-up: design points, warm start ---------------------------------------------------------------------
 def test_startup_design_is_queued_after_the_baselines(tmp_path, make_space, scripted):
     scripted()
@@ -241,6 +264,7 @@ def test_single_arm_tunes_each_method_alone(tmp_path, make_space, scripted, caps
     ({"startup": {"design": -1}}, "startup.design: must be an integer between 0"),
     ({"startup": {"sobol": 2}}, "startup.sobol: unknown key; allowed: design"),
     ({"single_arm": {"trials": 0}}, "single_arm.trials: must be an integer between 1"),
+    ({"baselines": "later"}, "baselines: 'later' (string) is not allowed; allowed: True, False, first, last"),
     ({"single_arm": {"trials": 2}, "stages": [{"select": True}, {"tune": True}]},
      "single_arm: not with stages"),
 ])

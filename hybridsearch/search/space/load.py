@@ -110,7 +110,7 @@ def _build(data: Any, errs: Errors, default_name: str, location: str) -> SearchS
     recipe = _parse_recipe(d.get("recipe"), errs)
     budget = _parse_budget(d.get("budget"), errs)
     trials = get(d, "trials", "", errs, c_int(1, hi=MAX_COUNT), 20)
-    baselines = get(d, "baselines", "", errs, c_bool(), False)
+    baselines = get(d, "baselines", "", errs, c_choice(True, False, "first", "last"), False)
     stages = _parse_stages(d.get("stages"), trials, errs)
     n_tasks = len(fidelity.tasks or (data_.tasks if data_ else ()))
     pruner = _parse_pruner(d.get("pruner"), fidelity, n_tasks, objectives, errs)
@@ -124,7 +124,8 @@ def _build(data: Any, errs: Errors, default_name: str, location: str) -> SearchS
     return SearchSpace(
         name=get(d, "name", "", errs, c_str(), default_name), source=location, model=model, data=data_,
         methods=methods, budget=budget, objectives=objectives, stages=stages, fidelity=fidelity, pruner=pruner,
-        sampler=sampler, recipe=recipe, trials=trials, baselines=baselines, final=final, startup=startup,
+        sampler=sampler, recipe=recipe, trials=trials, baselines=baselines is not False,
+        baselines_last=baselines == "last", final=final, startup=startup,
         single_arm=single_arm,
         description=get(d, "description", "", errs, c_str(null=True), "") or "",
     )

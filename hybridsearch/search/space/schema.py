@@ -147,6 +147,7 @@ class SearchSpace:
     trials: int = 20
     description: str = ""
     baselines: bool = False
+    baselines_last: bool = False  # ``baselines: last``: after the search's own trials, not before them
     final: FinalSpec | None = None
     startup: StartupSpec | None = None
     single_arm: SingleArm | None = None
@@ -282,7 +283,7 @@ class SearchSpace:
             raise ConfigError(f"{self.source}: single_arm: {method!r} is not an optional method; allowed: {allowed}")
         methods = {n: (replace(m, optional=False) if n == method else m) for n, m in self.methods.items()
                    if n == method or not m.optional}
-        return replace(self, methods=methods, baselines=False, startup=None, single_arm=None,
+        return replace(self, methods=methods, baselines=False, baselines_last=False, startup=None, single_arm=None,
                        final=None if self.final is None else replace(self.final, top_k=1))
 
     # ---- optuna objects and the task family
@@ -331,7 +332,7 @@ class SearchSpace:
         if self.stages:
             d["stages"] = [stage_dict(s) for s in self.stages]
         if self.baselines:  # only when set: existing studies keep their space hash
-            d["baselines"] = True
+            d["baselines"] = "last" if self.baselines_last else True
         for key in ("final", "startup", "single_arm"):  # the same
             if (section := getattr(self, key)) is not None:
                 d[key] = dataclasses.asdict(section)
