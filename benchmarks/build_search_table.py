@@ -71,6 +71,8 @@ def export(study: Any, space: Any, args: argparse.Namespace, wall: float | None)
     import optuna
     import torch
 
+    from hybridsearch.search.simulate import configuration_space
+
     fid = space.fidelity
     return {
         "benchmark": "mini_vtab configuration space: every baseline + a scrambled Sobol design, full fidelity",
@@ -90,13 +92,6 @@ def export(study: Any, space: Any, args: argparse.Namespace, wall: float | None)
         "failed": failed,
         "configs": [configs[i] for i in sorted(configs)],
     }
-
-
-def configuration_space(space: Any) -> dict[str, Any]:
-    """What a trial may be and how it is scored: the sections a table and a space must share to be compared
-    (not the sampler, pruner, trials or the search's own start-up)."""
-    d = space.to_dict()
-    return {k: d[k] for k in ("model", "data", "objectives", "budget", "fidelity", "recipe", "methods")}
 
 
 def main() -> None:

@@ -77,6 +77,10 @@ def _print_summary(report) -> None:
     con.print("sampler: " + ", ".join(f"{k}={v}" for k, v in s["sampler"].items()))
     con.print("pruner: " + ", ".join(f"{k}={v}" for k, v in s["pruner"].items()))
     con.print("recipe: " + ", ".join(f"{k} {v}" for k, v in s["recipe"].items()))
+    for key in ("baselines", "startup", "final", "single_arm"):  # how the study starts and ends
+        if s.get(key):
+            con.print(f"{key}: " + (s[key] if isinstance(s[key], str) else
+                                    ", ".join(f"{k}={v}" for k, v in s[key].items())))
     for w in report.warnings:
         con.print(f"[yellow]warning[/yellow]: {w}")
 

@@ -1,6 +1,8 @@
-"""The search: spaces (``space``), the study layer both engines share (``study``), the trial objective, the local
-(``optuna_engine``) and Ray (``ray_engine``) engines, stages (``run``), the public ``run_search`` /
-``resume_search`` (``api``), and reading results back (``results``, ``report``)."""
+"""The search: spaces (``space``; designs in ``space.design``), the study layer both engines share (``study``), how
+a study starts (``startup``) and ends (``final``), the trial objective, the local (``optuna_engine``) and Ray
+(``ray_engine``) engines, stages and phases (``run``), the public ``run_search`` / ``resume_search`` (``api``),
+reading results back (``results``, ``report``), and searching a recorded table instead of training
+(``simulate``)."""
 
 from .api import resume_search, run_search
 from .run import ENGINES, run_options

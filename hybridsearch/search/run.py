@@ -17,7 +17,8 @@ from ..registry import Registry
 from .final import queue_final
 from .results import ARM, best_trials
 from .space import load_space
-from .study import RunOptions, finished, queue_last_baselines, stage_space, study_target
+from .startup import queue_last_baselines
+from .study import RunOptions, finished, stage_space, study_target
 
 
 class Monitor(Protocol):

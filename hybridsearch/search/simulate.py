@@ -7,7 +7,7 @@ seconds (benchmarks/bench_search_table.py):
   recorded runs; any other the mean curve a surrogate fitted on the table predicts (a random forest over the
   unit-cube position of every value) plus a seed-to-seed deviation of the table, a whole curve at a time, so
   the noise keeps its size and its correlation across epochs.
-* ``simulate``: one search as the engine runs it (the start-up queue of ``study.queue_startup``, a sampler
+* ``simulate``: one search as the engine runs it (the start-up queue of ``startup.queue_startup``, a sampler
   seeded per trial number by ``study.next_trial``, the space's pruner asked after every epoch, baselines never
   pruned), with one worker on an in-memory study, until a compute budget in epochs is spent.
 """
@@ -28,7 +28,8 @@ from ..errors import ConfigError
 from .space import SearchSpace, count_methods
 from .space.design import dimensions
 from .space.schema import canonical_json
-from .study import next_trial, queue_last_baselines, queue_startup
+from .startup import queue_last_baselines, queue_startup
+from .study import next_trial
 
 _SECTIONS = ("model", "data", "objectives", "budget", "fidelity", "recipe", "methods")
 

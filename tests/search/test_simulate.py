@@ -115,7 +115,10 @@ def test_table_of_another_space_is_refused(tmp_path, space, table):
 
 
 def test_simulate_runs_the_start_up_budget_pruner_and_final(space, table):
+    import dataclasses
+
     obj = TableObjective(table, space, trees=50)
+    space = dataclasses.replace(space, baselines_last=False, startup=None)  # baselines first
     sim = simulate(space, obj, budget=200, seed=0)
     search = [e for e in sim.events if e.final_of is None]
     assert [e.baseline for e in search[:12]] == list(space.baseline_params())  # baselines first, as queued
@@ -124,8 +127,6 @@ def test_simulate_runs_the_start_up_budget_pruner_and_final(space, table):
     assert any(e.state == "PRUNED" for e in search)  # successive halving stops weak sampled trials
     assert sim.search_compute == search[-1].spent and sim.final_compute == 0
     # the same with final: the top 2 again, their compute counted apart
-    import dataclasses
-
     from hybridsearch.search.space.schema import FinalSpec
 
     fin = simulate(dataclasses.replace(space, final=FinalSpec(2, 3)), obj, budget=200, seed=0)

@@ -87,6 +87,8 @@ def describe(space: SearchSpace) -> dict[str, Any]:
         "pruner": {"kind": space.pruner.kind, **space.pruner.options},
         "sampler": {"kind": space.sampler.kind, "seed": space.sampler.seed, **space.sampler.options},
         "recipe": {k: p.describe() for k, p in space.recipe.items()}, "methods": methods,
+        "baselines": ("last" if space.baselines_last else "first") if space.baselines else None,
+        **{k: dataclasses.asdict(v) for k in ("startup", "final", "single_arm") if (v := getattr(space, k))},
     }
 
 
