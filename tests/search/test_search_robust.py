@@ -297,3 +297,24 @@ def test_single_space_keeps_one_method_and_the_always_on_ones(mini_root):
 def test_bundled_mini_vtab_validates(mini_root):
     space = load_space("mini_vtab")
     assert space.baselines
+
+
+def test_a_final_retraining_lost_to_a_dead_worker_is_retried_as_one(tmp_path, make_space, scripted):
+    """Its retry keeps ``final_of`` (so it never counts as a search trial) and the next run finishes it."""
+    from hybridsearch.search.study import recover_stale
+
+    scripted(lambda call, seed: 0.5 + 0.01 * seed)
+    space = make_space(trials=2, final={"top_k": 1, "seeds": 2})
+    storage = tmp_path / "j.journal"
+    study = run_study(opts(space, storage, "lost"))  # the engine alone: the search, no final yet
+    trial = study.ask(fixed_distributions={})  # a final re-training whose worker died mid-run
+    study._storage.set_trial_user_attr(trial._trial_id, "final_of", 1)
+    study._storage.set_trial_user_attr(trial._trial_id, "worker", {"host": __import__("os").uname().nodename,
+                                                                     "pid": 2**22 + 7})
+    assert recover_stale(study) == [2]
+    retry = by_number(study)[-1]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["final_of"] == 1
+    assert retry.user_attrs["retry_of"] == 2 and study_target(study) == 3
+    study = run_options(opts(space, storage, "lost"), preflight=False, log=lambda m: None)
+    assert [t.state for t in by_number(study)][-1] == TrialState.COMPLETE
+    assert seed_scores(study)[1] == pytest.approx([0.51, 0.52])  # the retry trains with the lost one's seed, 2
