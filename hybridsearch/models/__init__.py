@@ -3,12 +3,13 @@
 ``create_model(name_or_path, *, num_classes=None, checkpoint=None)``:
 * a registered name builds that architecture (random init), loading ``checkpoint`` when given, or the
   bundled checkpoint of a pretrained proxy;
-* a directory with ``config.json`` (mamba_ssm or HF layout) builds the Mamba LM from it and loads its weights;
+* a directory with ``config.json`` (mamba_ssm or HF layout) builds the Mamba LM from it (Mamba-1, or Mamba-2:
+  ``mamba2.py``, ``mamba2_checkpoint.py``) and loads its weights;
 * a Vim ``.pth`` / ``.safetensors`` file builds the Vim its tensor shapes describe and loads it;
 * a Hugging Face Hub id (``state-spaces/mamba-130m-hf``) loads its snapshot from the local cache (``hub.py``),
   never downloading;
 * a transformers ``MambaForCausalLM``, its ``MambaConfig`` or its state dict is converted exactly
-  (``transformers_interop.py``).
+  (``transformers_interop.py``), and so are ``Mamba2ForCausalLM`` and its ``Mamba2Config``.
 
 ``device="meta"`` builds the architecture only: a directory's ``config.json`` is all that is read, a Vim file's
 shapes come from its header (safetensors) or a memory map (zip torch files) without reading the weights.
@@ -28,15 +29,19 @@ from ..errors import CheckpointError
 from ..registry import Registry
 from . import checkpoint as ckpt
 from .hub import cached_snapshot, is_hub_id
+from .mamba2 import Mamba2Config, Mamba2LM
+from .mamba2_checkpoint import check_head, is_mamba2_object, lm_config_from_json, mamba2_lm_from_object
 from .mamba_lm import MambaConfig, MambaLM
 from .transformers_interop import mamba_lm_from_object
 from .vim import VimConfig, VisionMamba
 
+LMConfig = MambaConfig | Mamba2Config  # the config of a Mamba LM of either layer type
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # "vim" or "lm"
-    config: VimConfig | MambaConfig
+    kind: str  # "vim" or "lm" (a Mamba-1 or Mamba-2 LM)
+    config: VimConfig | MambaConfig | Mamba2Config
     description: str
     checkpoint: Callable[[], Path] | None = None  # bundled weights (proxies)
 
@@ -85,10 +90,26 @@ MODELS.register("mamba-1.4b", _lm(2048, 48, "state-spaces/mamba-1.4b"))
 MODELS.register("mamba-2.8b", _lm(2560, 64, "state-spaces/mamba-2.8b"))
 
 
-def build(config: VimConfig | MambaConfig, device: str | torch.device | None = None) -> nn.Module:
+def _lm2(d: int, n: int, desc: str) -> ModelSpec:
+    """state-spaces' Mamba-2 LMs: ``ssm_cfg {"layer": "Mamba2"}`` with mamba_ssm's defaults (d_state 128, headdim
+    64, expand 2, ngroups 1, chunk 256), vocab 50277 padded to a multiple of 16 (50288), tied head."""
+    return ModelSpec("lm", Mamba2Config(d_model=d, n_layer=n, vocab_size=50277, pad_vocab_size_multiple=16), desc)
+
+
+MODELS.register("mamba2-130m", _lm2(768, 24, "state-spaces/mamba2-130m (Mamba-2, SSD)"))
+MODELS.register("mamba2-370m", _lm2(1024, 48, "state-spaces/mamba2-370m (Mamba-2, SSD)"))
+MODELS.register("mamba2-780m", _lm2(1536, 48, "state-spaces/mamba2-780m (Mamba-2, SSD)"))
+MODELS.register("mamba2-1.3b", _lm2(2048, 48, "state-spaces/mamba2-1.3b (Mamba-2, SSD)"))
+MODELS.register("mamba2-2.7b", _lm2(2560, 64, "state-spaces/mamba2-2.7b (Mamba-2, SSD)"))
+
+
+_ARCHITECTURES: dict[type, type[nn.Module]] = {VimConfig: VisionMamba, MambaConfig: MambaLM, Mamba2Config: Mamba2LM}
+
+
+def build(config: VimConfig | LMConfig, device: str | torch.device | None = None) -> nn.Module:
     """Build an architecture from its config (``device="meta"`` allocates nothing)."""
     with torch.device(device or "cpu"):
-        return VisionMamba(config) if isinstance(config, VimConfig) else MambaLM(config)
+        return _ARCHITECTURES[type(config)](config)
 
 
 def _with_classes(cfg, num_classes: int | None):
@@ -113,7 +134,7 @@ def _load_vim(cfg: VimConfig, path: Path, num_classes: int | None, device=None) 
     return model
 
 
-def _load_lm(cfg: MambaConfig, path: Path, device=None) -> nn.Module:
+def _load_lm(cfg: LMConfig, path: Path, device=None) -> nn.Module:
     model = build(cfg, device)
     if _is_meta(device):  # the architecture only (exact counts): config.json is all that is read
         return model
@@ -121,14 +142,16 @@ def _load_lm(cfg: MambaConfig, path: Path, device=None) -> nn.Module:
         sd, source = ckpt.read_lm_weights(path)
     else:
         sd, source = ckpt.normalize_lm_keys(ckpt.read_state_dict(path)), path
+    if isinstance(cfg, Mamba2Config):
+        check_head(cfg, sd, str(source))
     ckpt.load_into(model, sd, str(source))
     return model
 
 
-def _lm_config_of(directory: Path) -> MambaConfig:
+def _lm_config_of(directory: Path) -> LMConfig:
     if not (directory / "config.json").exists():
         raise CheckpointError(f"{directory}: directory has no config.json (expected a mamba_ssm or HF checkpoint)")
-    return ckpt.mamba_config_from_json(directory / "config.json")
+    return lm_config_from_json(directory / "config.json")
 
 
 def checkpoint_path(name: str | Path) -> Path | None:
@@ -152,7 +175,8 @@ def create_model(
     pretrained: bool = True,
 ) -> nn.Module:
     """Build a Vim or Mamba LM by registered name, checkpoint directory, Vim checkpoint file or Hugging Face Hub
-    id (from the local cache), or convert a transformers ``MambaForCausalLM`` / ``MambaConfig`` / state dict.
+    id (from the local cache), or convert a transformers ``MambaForCausalLM`` / ``MambaConfig`` / state dict or
+    ``Mamba2ForCausalLM`` / ``Mamba2Config``.
 
     Vim takes images (B, 3, H, W) and returns logits (B, num_classes); the LM takes token ids (B, L) and
     returns logits (B, L, vocab). ``device="meta"`` builds the architecture only (for exact counting).
@@ -161,6 +185,8 @@ def create_model(
     if not isinstance(name_or_path, (str, os.PathLike)):
         if checkpoint is not None:
             raise CheckpointError("create_model: checkpoint= goes with a registered name, not with an object")
+        if is_mamba2_object(name_or_path):
+            return mamba2_lm_from_object(name_or_path, device)
         return mamba_lm_from_object(name_or_path, device)
     name = str(name_or_path)
     meta = _is_meta(device)
@@ -186,7 +212,7 @@ def create_model(
     )
 
 
-def model_config(name_or_path: str | Path, num_classes: int | None = None) -> VimConfig | MambaConfig:
+def model_config(name_or_path: str | Path, num_classes: int | None = None) -> VimConfig | LMConfig:
     """The architecture config of a name or checkpoint, without loading weights where avoidable."""
     name = str(name_or_path)
     if name in MODELS:
@@ -197,5 +223,5 @@ def model_config(name_or_path: str | Path, num_classes: int | None = None) -> Vi
     return _with_classes(ckpt.vim_config_from_state_dict(ckpt.read_state_dict(path, meta=True), name), num_classes)
 
 
-__all__ = ["ASSETS", "MODELS", "MambaConfig", "MambaLM", "ModelSpec", "VimConfig", "VisionMamba", "build",
-           "checkpoint_path", "create_model", "model_config"]
+__all__ = ["ASSETS", "MODELS", "LMConfig", "Mamba2Config", "Mamba2LM", "MambaConfig", "MambaLM", "ModelSpec",
+           "VimConfig", "VisionMamba", "build", "checkpoint_path", "create_model", "model_config"]

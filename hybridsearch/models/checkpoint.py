@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..safeio import load_json
+from .mamba2 import Mamba2Config
 from .mamba_lm import MambaConfig
 from .vim import VimConfig
 
@@ -279,10 +280,10 @@ def _ssm_cfg(raw: dict, path: str) -> dict:
     return out
 
 
-def _from_mamba_ssm(c: dict, path: str) -> MambaConfig:
-    k = _Keys(c, path)
+def mamba_ssm_backbone_keys(k: _Keys) -> None:
+    """The top-level keys of a mamba_ssm ``MambaConfig`` that every layer type shares (Mamba-1 and Mamba-2): one
+    mixer per block, no MLP, no attention, RMSNorm, an fp32 residual stream."""
     k.no_other_keys(_MAMBA_SSM_KEYS, _RUNTIME)
-    ssm = _ssm_cfg(k.mapping("ssm_cfg"), path)
     k.only("d_intermediate", 0, (0,), "an MLP after each mixer")
     attn = k.get("attn_layer_idx", [])
     if attn not in ([], None):
@@ -290,8 +291,14 @@ def _from_mamba_ssm(c: dict, path: str) -> MambaConfig:
     k.mapping("attn_cfg")  # configures attention layers; there are none
     k.only("rms_norm", True, (True,), "LayerNorm")
     k.only("residual_in_fp32", True, (True,), "the residual stream is always kept in fp32 here")
-    k.only("tie_embeddings", True, (True,), "an lm_head of its own")
     k.flag("fused_add_norm", True)
+
+
+def _from_mamba_ssm(c: dict, path: str) -> MambaConfig:
+    k = _Keys(c, path)
+    mamba_ssm_backbone_keys(k)
+    ssm = _ssm_cfg(k.mapping("ssm_cfg"), path)
+    k.only("tie_embeddings", True, (True,), "an lm_head of its own")
     return MambaConfig(
         d_model=k.int("d_model"), n_layer=k.int("n_layer"), vocab_size=k.int("vocab_size"),
         d_state=ssm.get("d_state", 16), d_conv=ssm.get("d_conv", 4), expand=ssm.get("expand", 2),
@@ -472,25 +479,18 @@ def save_vim(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def save_mamba(model: nn.Module, directory: str | Path, fmt: str = "mamba_ssm") -> Path:
-    """Write a mamba_ssm (``config.json`` + ``pytorch_model.bin``) or HF (+ ``model.safetensors``) directory."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def _mamba1_config_json(model: nn.Module, fmt: str) -> dict:
     cfg: MambaConfig = model.cfg
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if fmt == "mamba_ssm":
-        conf = {
+        return {
             "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size,
             "ssm_cfg": {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
                         **({"dt_rank": cfg.dt_rank} if cfg.dt_rank is not None else {})},
             "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
             "pad_vocab_size_multiple": cfg.pad_vocab_size_multiple,
         }
-        torch.save(sd, directory / "pytorch_model.bin")
-    elif fmt == "hf":
-        from safetensors.torch import save_file
-
-        conf = {
+    if fmt == "hf":
+        return {
             "architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": cfg.d_model,
             "num_hidden_layers": cfg.n_layer, "intermediate_size": cfg.expand * cfg.d_model,
             "state_size": cfg.d_state, "conv_kernel": cfg.d_conv, "expand": cfg.expand,
@@ -498,10 +498,27 @@ def save_mamba(model: nn.Module, directory: str | Path, fmt: str = "mamba_ssm") 
             "use_conv_bias": True, "layer_norm_epsilon": cfg.eps, "residual_in_fp32": True, "hidden_act": "silu",
             "tie_word_embeddings": True,
         }
+    raise ValueError(f"unknown Mamba checkpoint format {fmt!r}; allowed: mamba_ssm, hf")
+
+
+def save_mamba(model: nn.Module, directory: str | Path, fmt: str = "mamba_ssm") -> Path:
+    """Write a mamba_ssm (``config.json`` + ``pytorch_model.bin``) or HF (+ ``model.safetensors``) directory.
+    A Mamba-2 LM is written as mamba_ssm's ``MambaLMHeadModel`` with ``Mamba2`` layers or as transformers'
+    ``Mamba2ForCausalLM`` (``Mamba2Config.config_json``)."""
+    directory = Path(directory)
+    cfg = model.cfg
+    # first: an unknown format, or a layout that cannot express the model, raises before anything is written
+    conf = cfg.config_json(fmt) if isinstance(cfg, Mamba2Config) else _mamba1_config_json(model, fmt)
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if fmt == "hf":
+        from safetensors.torch import save_file
+
         sd = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in sd.items()}
-        sd.pop("lm_head.weight", None)  # tied; safetensors refuses shared storage
+        if getattr(cfg, "tie_embeddings", True):
+            sd.pop("lm_head.weight", None)  # tied; safetensors refuses shared storage (transformers re-ties it)
         save_file(sd, str(directory / "model.safetensors"))
     else:
-        raise ValueError(f"unknown Mamba checkpoint format {fmt!r}; allowed: mamba_ssm, hf")
+        torch.save(sd, directory / "pytorch_model.bin")
     (directory / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     return directory

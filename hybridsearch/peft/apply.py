@@ -15,6 +15,11 @@ from .hosts import hosts
 from .hybrid import PeftConfig
 from .registry import METHODS
 
+# The methods that apply to a Mamba-2 LM unchanged, through its model-level hook points (tokens before the input,
+# LoRA on the token embedding). The mixer methods are carried over to Mamba-2's mixer in a later step; until then
+# they are refused.
+MAMBA2_METHODS = ("prompt", "lora_embed")
+
 
 def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.Module:
     """Freeze the base, attach every method of ``config`` (canonical order), keep the classifier head trainable.
@@ -31,6 +36,11 @@ def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.M
         config = PeftConfig.from_dict(config) if isinstance(config, dict) else PeftConfig.from_yaml(config)
     if getattr(model, "peft_config", None) is not None:
         raise ConfigError("this model already has PEFT methods applied; build a fresh model to apply another")
+    if getattr(model, "arch", None) == "mamba2":  # before anything changes: a refused config leaves the model as it was
+        for name in config.methods:
+            if name not in MAMBA2_METHODS:
+                raise ConfigError(f"methods.{name}: not available for Mamba-2 models yet; allowed there: "
+                                  f"{', '.join(MAMBA2_METHODS)}")
     for p in model.parameters():
         p.requires_grad_(False)
     model._peft_unfrozen = {}

@@ -70,7 +70,10 @@ BAD_CONFIGS = {
                      "n_layer: must be an integer between 1 and 4,096"),
     "vocab-float": ("mamba_ssm", lambda c: c.update(vocab_size=100.5), "vocab_size: must be an integer"),
     "ssm_cfg-list": ("mamba_ssm", lambda c: c.update(ssm_cfg=[1, 2]), "ssm_cfg: must be a mapping, got list"),
-    "mamba2": ("mamba_ssm", _ssm(layer="Mamba2"), "ssm_cfg.layer: 'Mamba2' is not supported; allowed: Mamba1"),
+    "mamba3": ("mamba_ssm", _ssm(layer="Mamba3"), "ssm_cfg.layer: 'Mamba3' is not supported; allowed: Mamba1, Mamba2"),
+    # a Mamba-1 config relabelled never loads as Mamba-2: its shapes do not fit Mamba-2's defaults
+    "mamba1-as-mamba2": ("mamba_ssm", _ssm(layer="Mamba2"),
+                         "ssm_cfg.headdim: 64 does not divide expand * d_model = 32 (the heads' channels)"),
     "mamba2-key": ("mamba_ssm", _ssm(headdim=64), "ssm_cfg.headdim: unknown key"),
     "attention": ("mamba_ssm", lambda c: c.update(attn_layer_idx=[1], attn_cfg={"num_heads": 2}),
                   "attn_layer_idx: [1] is not supported (attention layers); allowed: []"),
@@ -89,9 +92,10 @@ BAD_CONFIGS = {
     "dt_min-nan": ("mamba_ssm", _ssm(dt_min=math.nan), "ssm_cfg.dt_min: must be a finite number > 0"),
     "dt_rank-word": ("mamba_ssm", _ssm(dt_rank="big"), "ssm_cfg.dt_rank: must be 'auto' or an integer"),
     "pad-zero": ("mamba_ssm", lambda c: c.update(pad_vocab_size_multiple=0), "pad_vocab_size_multiple: must be"),
-    "hf-mamba2": ("hf", lambda c: c.update(model_type="mamba2"),
-                  "model_type: 'mamba2' is not supported; allowed: mamba"),
-    "hf-falcon": ("hf", lambda c: c.update(model_type="falcon_mamba"), "model_type: 'falcon_mamba' is not supported"),
+    "hf-mamba1-as-mamba2": ("hf", lambda c: c.update(model_type="mamba2"),
+                            "intermediate_size: unknown key; allowed: model_type, hidden_size"),
+    "hf-falcon": ("hf", lambda c: c.update(model_type="falcon_mamba"),
+                  "model_type: 'falcon_mamba' is not supported; allowed: mamba, mamba2"),
     "hf-use_bias": ("hf", lambda c: c.update(use_bias=True), "use_bias: True is not supported"),
     "hf-conv-bias": ("hf", lambda c: c.update(use_conv_bias=False), "use_conv_bias: False is not supported"),
     "hf-rank-word": ("hf", lambda c: c.update(time_step_rank="x"), "time_step_rank: must be 'auto' or an integer"),
@@ -165,12 +169,12 @@ def test_mamba_ssm_dt_rank_and_runtime_keys_are_honoured(tmp_path):
 
 
 def test_bad_config_is_one_line_from_the_cli(saved, tmp_path, capsys):
-    d = edited(saved, tmp_path, "mamba_ssm", _ssm(layer="Mamba2"))
+    d = edited(saved, tmp_path, "mamba_ssm", _ssm(layer="Mamba3"))
     capsys.readouterr()
     assert main(["count", "--model", str(d)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"hybridsearch count: error: {d / 'config.json'}: ssm_cfg.layer: 'Mamba2' is not supported; "
-                   "allowed: Mamba1 (this loader builds Mamba-1 layers)")
+    assert err == (f"hybridsearch count: error: {d / 'config.json'}: ssm_cfg.layer: 'Mamba3' is not supported; "
+                   "allowed: Mamba1, Mamba2 (Mamba3 and hybrids are other architectures)")
 
 
 # -- two weight files ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from hybridsearch import MODELS, create_model
 from hybridsearch.errors import CheckpointError
-from hybridsearch.models import MambaLM, VisionMamba, model_config
+from hybridsearch.models import Mamba2Config, Mamba2LM, MambaLM, VisionMamba, model_config
 from hybridsearch.models.checkpoint import read_state_dict, save_mamba, save_vim
 
 
@@ -60,12 +60,15 @@ def test_vim_state_dict_has_the_hustvl_keys():
 def test_every_registered_model_builds_on_meta(name):
     spec = MODELS.get(name)
     model = create_model(name, device="meta")
-    assert isinstance(model, VisionMamba if spec.kind == "vim" else MambaLM)
+    c = spec.config
+    mamba2 = isinstance(c, Mamba2Config)
+    assert isinstance(model, VisionMamba if spec.kind == "vim" else Mamba2LM if mamba2 else MambaLM)
     assert all(p.is_meta for p in model.parameters())
-    depth = spec.config.depth if spec.kind == "vim" else spec.config.n_layer
+    depth = c.depth if spec.kind == "vim" else c.n_layer
     assert len(model.mixers) == depth
-    assert model.mixers[0].in_proj.weight.shape == (2 * spec.config.expand * spec.config.d_model,
-                                                    spec.config.d_model)
+    # Mamba-2's in_proj also makes B, C (per group) and dt (per head)
+    extra = 2 * c.ngroups * c.d_state + c.d_inner // c.headdim if mamba2 else 0
+    assert model.mixers[0].in_proj.weight.shape == (2 * c.expand * c.d_model + extra, c.d_model)
     if spec.kind == "vim":
         assert create_model(name, device="meta", num_classes=7).head.weight.shape == (7, spec.config.d_model)
 

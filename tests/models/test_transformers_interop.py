@@ -101,19 +101,21 @@ def test_settings_hybridsearch_does_not_build_are_refused(tmp_path, case):
         assert expected in str(e.value) and "\n" not in str(e.value)
 
 
-def test_mamba2_is_refused_in_one_line(tmp_path, capsys):
+def test_mamba2_builds_its_own_architecture(tmp_path, capsys):
+    """A Mamba2Config folder or object builds hybridsearch's Mamba2LM (tests/models/test_mamba2.py checks its
+    logits); apply_peft, which converts Mamba-1 objects only, names the model type in one line."""
     config = transformers.Mamba2Config(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_heads=4,
                                        head_dim=8, n_groups=1)
     config.save_pretrained(tmp_path)
     capsys.readouterr()
-    assert main(["count", "--model", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (f"hybridsearch count: error: {tmp_path / 'config.json'}: model_type: 'mamba2' is not supported; "
-                   "allowed: mamba (transformers' MambaConfig; Mamba2, FalconMamba and other model types are other "
-                   "architectures)")
+    assert main(["count", "--model", str(tmp_path), "--json"]) == 0
     torch.manual_seed(0)
-    with pytest.raises(CheckpointError, match="model_type: 'mamba2' is not supported"):
-        create_model(transformers.Mamba2ForCausalLM(config))
+    theirs = transformers.Mamba2ForCausalLM(config)
+    assert json.loads(capsys.readouterr().out)["base"] == sum(p.numel() for p in theirs.parameters())
+    assert type(create_model(theirs)).__name__ == "Mamba2LM"
+    with pytest.raises(CheckpointError, match="model_type: 'mamba2' is not supported") as e:
+        apply_peft(theirs, {"methods": {"lora_embed": {}}})
+    assert "\n" not in str(e.value)
 
 
 def test_mamba_ssm_layout_with_non_default_settings(tmp_path):
