@@ -8,6 +8,9 @@ name and ``pytest_generate_tests`` parametrises them:
 * ``variant``: every variant;
 * ``zero_init_variant``: variants whose output is unchanged right after ``apply_peft``;
 * ``mergeable_variant`` / ``unmergeable_variant``: variants ``merge_peft(strict=True)`` folds / refuses.
+
+Sparse dimension tuning (``sdt``) has a warm-up: tests that train or save a model take it past the warm-up
+(``peft.end_warmup``), as a training run does; ``tests/peft/test_sdt.py`` covers the warm-up itself.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ LORA_FAMILY = ("lora_in_proj", "lora_X", "lora_Z", "lora_x_proj", "lora_d", "lor
                "lora_out_proj")
 PARTIAL = ("tune_A", "tune_D", "tune_conv1d", "tune_dt_bias", "tune_cls_token", "tune_pos_embed")
 TOKENS = ("prompt", "affix")
-KNOWN_METHODS = {*LORA_FAMILY, *PARTIAL, *TOKENS, "parallel_adapter", "lora_embed", "additional_scan"}
+STATE = ("state_offset", "output_offset", "init_state")  # zero-init, not mergeable
+KNOWN_METHODS = {*LORA_FAMILY, *PARTIAL, *TOKENS, *STATE, "parallel_adapter", "lora_embed", "additional_scan", "sdt"}
 RANKED = (*LORA_FAMILY, "parallel_adapter")  # accept a per-layer rank mapping
 
 
@@ -57,7 +61,7 @@ def _is_zero_init(kind: str, name: str, settings: dict) -> bool:
 
 
 def _is_mergeable(kind: str, name: str, settings: dict) -> bool:
-    if name in LORA_FAMILY or name in PARTIAL:
+    if name in LORA_FAMILY or name in PARTIAL or name == "sdt":
         return True
     return name == "lora_embed" and kind == "vim"  # the LM's embedding is tied to its head
 
@@ -114,8 +118,11 @@ def _variants(kind: str) -> list[Variant]:
         add(f"{n}-dora", {n: {"dora": True}})
     for n in ("lora_X", "lora_x_proj", "lora_dt", "lora_out_proj", "parallel_adapter"):
         add(f"{n}-rank_map", {n: {"rank": {"0": 2, "1": 5}}})
-    for n in ("lora_in_proj", "lora_C", "parallel_adapter", "affix", "additional_scan", "tune_A"):
+    for n in ("lora_in_proj", "lora_C", "parallel_adapter", "affix", "additional_scan", "tune_A", "sdt", *STATE):
         add(f"{n}-layer1", {n: {"layers": [1]}})
+    add("sdt-A_log", {"sdt": {"targets": ["A_log"]}})
+    add("sdt-B_C", {"sdt": {"targets": ["C", "B"]}})  # any order: the canonical one is kept
+    add("sdt-half", {"sdt": {"warmup_steps": 1, "channel_freeze": 0.5, "state_freeze": 0.0}})
     add("tune_conv1d-unfreeze-layer1", {"tune_conv1d": {"mode": "unfreeze", "layers": "1-1"}})
     prompt_placements = PROMPT_PLACEMENTS if kind == "vim" else ("prefix",)
     for pl in prompt_placements:

@@ -31,7 +31,7 @@ def _methods() -> list[dict]:
     from ..peft import METHODS
 
     return [{"name": n, "models": ",".join(s.kinds), "per_layer": s.per_layer, "description": s.description,
-             "defaults": s.config().to_dict()} for n, s in METHODS.items()]
+             "source": s.source, "defaults": s.config().to_dict()} for n, s in METHODS.items()]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,12 +41,20 @@ _MERGED_WHY = {
     "vim": "hybridsearch's Vim mixer reads its weights directly, so a PEFT LoRA there would be ignored",
     "dora": "DoRA normalises each input column (MambaPEFT); PEFT's use_dora normalises each output row",
     "partial": "tunes a base tensor directly (partial tuning): no PEFT LoRA equivalent",
+    "sdt": "sparse dimension tuning changes selected entries of A_log and x_proj directly: no PEFT LoRA "
+           "equivalent, folded exactly",
 }
 _LEFT_OUT_WHY = {
     "parallel_adapter": "ParallelAdapter has a ReLU between its matrices: neither a LoRA nor foldable",
     "prompt": "tokens added to the input sequence: PEFT's prompt methods feed attention, which Mamba has not",
     "affix": "tokens inside each scan: no PEFT equivalent for a state-space scan, and not foldable",
     "additional_scan": "extra SSM states change the architecture: not foldable",
+    "state_offset": "adds C_t . h' to the scan's output: a full E x E map of the conv output through z's gate, "
+                    "no PEFT equivalent and not foldable",
+    "output_offset": "adds y' silu(z_t) to the scan's output, input-dependent through z: no PEFT equivalent and "
+                     "not foldable",
+    "init_state": "a trained initial scan state: no PEFT equivalent, and its effect decays input-dependently, so "
+                  "not foldable",
 }
 
 
@@ -57,7 +65,7 @@ def _route(model: nn.Module, module: nn.Module) -> tuple[str, str]:
     if isinstance(module, (PatchEmbedLora, EmbeddingLora)):
         return "adapter", ""
     if not isinstance(module, LinearLora):
-        return "merged", _MERGED_WHY["partial"]
+        return "merged", _MERGED_WHY.get(module.method, _MERGED_WHY["partial"])
     if module.dora:
         return "merged", _MERGED_WHY["dora"]
     if model.kind == "vim":

@@ -8,10 +8,19 @@ at fixed points of its forward, for contributions. That keeps the forward free o
   ``"cls_token"``...) or ``None``. Merged-weight LoRAs, DoRA and partial tuning ("v2") use this.
 * ``branch(site, x)``: an activation branch ``(slice, value)`` added to the output of ``site``
   (``"in_proj"``, ``"out_proj"``, ``"patch_embed"``, ``"embedding"``) or ``None``.
-* ``extra_states(direction, x)``: Additional-scan's extra (A, B, C) state columns, or ``None``.
+* ``extra_states(direction, x)``: Additional-scan's extra (A, B, C) state columns, or ``None``: an object
+  with ``concat(A, B, C)`` and ``pad_state(h)`` (zeros for its columns in a state over the columns so far).
+* ``initial_state(direction)``: an (E, N) state the scan starts from, over the pretrained states, shared by the
+  batch (initial-state tuning), or ``None``.
+* ``scan_output(direction, C)``: an (E, L)-broadcastable term added to the scan's output before the z gate,
+  from the pretrained states' C (batch, N, L) (state-offset and output-offset tuning), or ``None``.
 * ``extend_sequence`` / ``layer_affixes``: model-level prompt and affix tokens; each layer's affix is an
   ``AffixHook`` that the mixer asks where its tokens go.
 * ``merge(host)``: fold the method exactly into the host's base tensors (only where ``mergeable``).
+
+Training loops call ``after_optimizer_step(last)`` after every optimizer step (``peft.after_optimizer_step``):
+a method with a warm-up (sparse dimension tuning) changes what it trains there. Its ``transient`` parameters
+train only during that warm-up: they are not counted and not saved.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class PeftModule(nn.Module):
 
     method: str = ""
     mergeable: bool = False
+    transient: frozenset[str] = frozenset()  # parameter names trained only during a warm-up (see the docstring)
 
     def delta(self, target: str, base: Tensor, direction: str = "f") -> Tensor | None:
         return None
@@ -59,6 +69,12 @@ class PeftModule(nn.Module):
         return None
 
     def extra_states(self, direction: str, x: Tensor) -> Any:
+        return None
+
+    def initial_state(self, direction: str) -> Tensor | None:
+        return None
+
+    def scan_output(self, direction: str, C: Tensor) -> Tensor | None:
         return None
 
     def extend_sequence(self, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,6 +88,20 @@ class PeftModule(nn.Module):
     def merge(self, host: nn.Module) -> None:
         raise NotImplementedError(f"{self.method} cannot be merged into the base weights")
 
+    # -- the training lifecycle (methods with a warm-up) ---------------------------------------------------------
+    def after_optimizer_step(self, last: bool) -> None:
+        """Called after every optimizer step of a training run; ``last``: its final step."""
+
+    def warmup_left(self) -> int:
+        """Optimizer steps left in the method's warm-up (0: none, or over)."""
+        return 0
+
+    def end_warmup(self) -> None:
+        """End the warm-up now (what the last step of a run shorter than the warm-up does)."""
+
+    def after_load(self) -> None:
+        """Called once saved adapters are loaded into the module (they are always past any warm-up)."""
+
 
 def effective(host: nn.Module, target: str, base: Tensor, direction: str = "f") -> Tensor:
     """``base`` plus every method's delta for ``target`` (returns ``base`` itself when nothing applies)."""
@@ -82,6 +112,16 @@ def effective(host: nn.Module, target: str, base: Tensor, direction: str = "f") 
             d = m.delta(target, base, direction)
             if d is not None:
                 out = out + d
+    return out
+
+
+def summed(host: nn.Module, hook: str, *args: Any) -> Tensor | None:
+    """The sum of every method's ``hook(*args)`` (``initial_state``, ``scan_output``), or ``None`` if none gives one."""
+    out = None
+    for m in getattr(host, "peft", {}).values():
+        v = getattr(m, hook)(*args)
+        if v is not None:
+            out = v if out is None else out + v
     return out
 
 
@@ -101,4 +141,4 @@ def add_branches(host: nn.Module, site: str, x: Tensor, y: Tensor) -> Tensor:
     return y
 
 
-__all__ = ["AffixHook", "Branch", "PeftModule", "TokenInserter", "add_branches", "effective"]
+__all__ = ["AffixHook", "Branch", "PeftModule", "TokenInserter", "add_branches", "effective", "summed"]

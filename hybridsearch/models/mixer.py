@@ -8,13 +8,15 @@ Parameter names follow mamba_ssm / hustvl Vim exactly so real checkpoints load: 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import causal_conv1d, linear, resolve_backend, selective_scan
-from .hooks import AffixHook, add_branches, effective
+from .hooks import AffixHook, add_branches, effective, summed
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
 _SUFFIX = {"f": "", "b": "_b"}
@@ -135,6 +137,7 @@ class MambaMixer(nn.Module):
         L = x.shape[-1]
         conv_w, conv_b = self.eff("conv1d.weight", d), self.eff("conv1d.bias", d)
         D, dt_bias = self.eff("D", d).float(), self.eff("dt_proj.bias", d).float()
+        h_init = summed(self, "initial_state", d)  # (E, N): the state before the first token the scan reads
         h0 = None
         if prefix is None:
             x = causal_conv1d(x, conv_w, conv_b, reverse=reverse, backend=backend)
@@ -147,17 +150,23 @@ class MambaMixer(nn.Module):
                 x = causal_conv1d(_cat_seq(x, ctx.flip(-1)), conv_w, conv_b, reverse=True, backend=backend)[..., :L]
             else:
                 x = causal_conv1d(_cat_seq(ctx, x), conv_w, conv_b, backend=backend)[..., K1:]
-            delta_p, A_p, B_p, C_p = self._ssm_inputs(x_pre, d)
-            _, h0 = selective_scan(x_pre, delta_p, A_p, B_p, C_p, delta_bias=dt_bias, delta_softplus=True,
-                                   return_last_state=True, backend=backend)
+            pre = self._ssm_inputs(x_pre, d)
+            _, h0 = selective_scan(x_pre, pre.delta, pre.A, pre.B, pre.C, delta_bias=dt_bias, delta_softplus=True,
+                                   return_last_state=True, initial_state=pre.state(h_init, 1), backend=backend)
             h0 = h0.expand(x.shape[0], -1, -1)
-        delta, A, B, C = self._ssm_inputs(x, d)
-        return selective_scan(
-            x, delta, A, B, C, D, z=z, delta_bias=dt_bias, delta_softplus=True, initial_state=h0,
+        s = self._ssm_inputs(x, d)
+        if h0 is None:
+            h0 = s.state(h_init, x.shape[0])
+        y = selective_scan(
+            x, s.delta, s.A, s.B, s.C, D, z=z, delta_bias=dt_bias, delta_softplus=True, initial_state=h0,
             reverse=reverse, backend=backend,
         )
+        term = summed(self, "scan_output", d, s.C_base)
+        if term is not None:  # a term of the scan's output before the gate: (C_t . h_t + D u_t + term_t) silu(z_t)
+            y = y + (term * F.silu(z.float())).to(y.dtype)
+        return y
 
-    def _ssm_inputs(self, x: Tensor, d: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _ssm_inputs(self, x: Tensor, d: str) -> _SSMInputs:
         """delta (B, E, L), A (E, N), B and C (B, N, L) from the conv output x (B, E, L); all but A are
         transposed views of (B, L, .) tensors, which every scan backend reads (or copies) as it needs."""
         N, R = self.d_state, self.dt_rank
@@ -166,11 +175,32 @@ class MambaMixer(nn.Module):
         delta = self._linear(dt, self.eff("dt_proj.weight", d)).transpose(1, 2)  # (B, E, L)
         A = -torch.exp(self.eff("A_log", d).float())  # (E, N)
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
+        out = _SSMInputs(delta, A, B, C, C)
         for m in self.peft.values():
             extra = m.extra_states(d, x)
             if extra is not None:
-                A, B, C = extra.concat(A, B, C)
-        return delta, A, B, C
+                out.A, out.B, out.C = extra.concat(out.A, out.B, out.C)
+                out.extras.append(extra)
+        return out
+
+
+@dataclass
+class _SSMInputs:
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    C_base: Tensor  # (B, N, L): the pretrained states' C, before any extra state columns
+    extras: list[Any] = field(default_factory=list)  # the extra_states objects, in the order they were added
+
+    def state(self, h: Tensor | None, batch: int) -> Tensor | None:
+        """An (E, N) initial state over the pretrained states as the scan's (batch, E, N + extras) one: the extra
+        state columns start at zero."""
+        if h is None:
+            return None
+        for extra in self.extras:
+            h = extra.pad_state(h)
+        return h.float()[None].expand(batch, -1, -1)
 
 
 def _cat_seq(a: Tensor, b: Tensor) -> Tensor:

@@ -11,16 +11,19 @@ from torch import nn
 from ..models import create_model
 from .apply import apply_peft, method_of
 from .hybrid import PeftConfig
+from .lifecycle import transient_names
 from .registry import METHODS
 
 
 def count_parameters(model: nn.Module) -> dict[str, Any]:
-    """``{"base", "trainable", "head", "by_method"}``: exact counts (tied tensors counted once)."""
+    """``{"base", "trainable", "head", "by_method"}``: exact counts (tied tensors counted once). A method's
+    transient warm-up tensors (sparse dimension tuning's full-size A_log delta) are not its adapters: not counted."""
     seen: set[int] = set()
+    transient = transient_names(model)
     base = trainable = head = 0
     by_method: dict[str, int] = {}
     for name, p in model.named_parameters(remove_duplicate=True):
-        if id(p) in seen:
+        if id(p) in seen or name in transient:
             continue
         seen.add(id(p))
         owner = method_of(model, name, p)

@@ -1,8 +1,9 @@
 """Saving and loading a model's adapters: the trainable tensors, the hybrid config and a metadata file.
 
 A saved folder holds ``adapter_model.safetensors`` (every trainable tensor by its state-dict name, so the
-parameter names are the file format), ``peft.yaml`` (the hybrid) and ``adapter_meta.json`` (model kind,
-architecture and counts).
+parameter names are the file format, plus the methods' own state buffers such as sparse dimension tuning's
+selection; never a transient warm-up tensor), ``peft.yaml`` (the hybrid) and ``adapter_meta.json`` (model kind,
+architecture and counts). A model still in a method's warm-up cannot be saved: its adapters are not made yet.
 """
 
 from __future__ import annotations
@@ -16,15 +17,27 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from .apply import apply_peft
 from .counting import count_parameters
+from .hosts import hosts
 from .hybrid import PeftConfig
+from .lifecycle import in_warmup, transient_names
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "peft.yaml"
 META_FILE = "adapter_meta.json"
 
 
+def _saved(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What an adapter file holds, by name: the trainable tensors (transient ones aside) and the methods'
+    persistent buffers."""
+    transient = transient_names(model)
+    out = {n: p for n, p in model.named_parameters() if p.requires_grad and n not in transient}
+    persistent = set(model.state_dict())
+    out.update((n, b) for n, b in model.named_buffers() if "peft" in n.split(".") and n in persistent)
+    return out
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().contiguous() for n, p in _saved(model).items()}
 
 
 def save_adapters(model: nn.Module, directory: str | Path, extra_meta: dict | None = None) -> Path:
@@ -34,6 +47,10 @@ def save_adapters(model: nn.Module, directory: str | Path, extra_meta: dict | No
     cfg = getattr(model, "peft_config", None)
     if cfg is None:
         raise ConfigError("save_adapters: the model has no PEFT config; call apply_peft first")
+    if warming := in_warmup(model):
+        left = ", ".join(f"{m} ({n} optimizer steps left)" for m, n in sorted(warming.items()))
+        raise ConfigError(f"save_adapters: still in the warm-up of {left}: nothing to save yet; train past it "
+                          "(training loops call peft.after_optimizer_step) or call peft.end_warmup(model)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = trainable_state_dict(model)
@@ -62,8 +79,8 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read adapters ({e})") from None
-    own = dict(model.named_parameters())
-    expected = {n for n, p in own.items() if p.requires_grad}
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    expected = set(_saved(model))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)  # never frozen ones
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items()
            if k in own and v.shape != own[k].shape]
@@ -75,4 +92,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     with torch.no_grad():
         for k, v in tensors.items():
             own[k].copy_(v.to(own[k].dtype))
+    for host in hosts(model):
+        for m in host.peft.values():
+            m.after_load()
     return model

@@ -1,4 +1,5 @@
-"""The method registry: every MambaPEFT method by its pinned name, with its config class and attach function.
+"""The method registry: every PEFT method by its pinned name, with its config class, attach function and source
+(the paper and year it comes from).
 
 Each method family registers its methods when ``hybridsearch.peft`` imports it. Registration order is the
 canonical order in which a hybrid is applied and exported, so ``peft/__init__.py`` fixes the family order.
@@ -16,6 +17,10 @@ from torch import nn
 from ..registry import Registry
 from .config import MethodConfig
 
+MAMBAPEFT = "MambaPEFT (Yoshimura et al., ICLR 2025, arXiv 2411.03855)"
+SDT = "SDT / SDLoRA (Galim et al., ICML 2025, arXiv 2410.09016)"
+STATE_TUNING = "State-based PEFT: state-offset tuning (Kang et al., ACL 2025, arXiv 2503.03499)"
+
 Attach = Callable[[nn.Module, Any, str], None]  # (model, the method's config, method name) -> attaches modules
 A = TypeVar("A", bound=Attach)
 
@@ -28,6 +33,7 @@ class MethodSpec:
     description: str
     kinds: tuple[str, ...] = ("vim", "lm")
     per_layer: bool = True  # honours ``layers``
+    source: str = MAMBAPEFT
 
     def defaults(self, **overrides: Any) -> MethodConfig:
         return self.config(**overrides)
@@ -37,11 +43,11 @@ METHODS: Registry[MethodSpec] = Registry("PEFT method")
 
 
 def register(name: str, config: type[MethodConfig], description: str, kinds: tuple[str, ...] = ("vim", "lm"),
-             per_layer: bool = True) -> Callable[[A], A]:
+             per_layer: bool = True, source: str = MAMBAPEFT) -> Callable[[A], A]:
     """Decorator registering an attach function as method ``name``."""
 
     def deco(fn: A) -> A:
-        METHODS.register(name, MethodSpec(name, config, fn, description, kinds, per_layer))
+        METHODS.register(name, MethodSpec(name, config, fn, description, kinds, per_layer, source))
         return fn
 
     return deco

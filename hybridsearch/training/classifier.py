@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import TrialFailure
+from ..peft import after_optimizer_step
 from .recipe import Recipe, lr_factor, make_optimizer
 
 
@@ -95,6 +96,7 @@ def train_classifier(
             if recipe.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
             opt.step()
+            after_optimizer_step(model, last=step + 1 == total)  # a method's warm-up is part of the run
             loss_sum += loss.item()
             step += 1
             if progress is not None:

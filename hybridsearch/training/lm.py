@@ -30,7 +30,7 @@ from ..data.commonsense import (
 )
 from ..data.tokenizers import ByteTokenizer, TextTokenizer
 from ..errors import TrialFailure
-from ..peft import PeftConfig
+from ..peft import PeftConfig, after_optimizer_step
 from .recipe import adamw, optimizer_groups
 
 # README learning rates of MambaPEFT's language experiments (3e-4 for every other preset).
@@ -171,6 +171,7 @@ def train_lm(
                 break
             batch = [examples[i] for i in order[s * r.batch_size : (s + 1) * r.batch_size]]
             loss = _step(model, opt, batch, pad_id, r, lr_factor(step, total, warmup, r.schedule), trainable)
+            after_optimizer_step(model, last=step + 1 == total)  # a method's warm-up is part of the run
             if not math.isfinite(loss):
                 raise TrialFailure(f"non-finite loss ({loss}) at epoch {epoch}, step {step}")
             epoch_losses.append(loss)

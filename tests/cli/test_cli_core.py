@@ -74,11 +74,16 @@ def test_list_methods_json(capsys):
     assert by_name["lora_X"]["defaults"]["rank"] == 64
     assert by_name["tune_dt_bias"]["defaults"]["decay_mult"] == 100.0
     assert by_name["prompt"]["per_layer"] is False
+    assert "MambaPEFT" in by_name["lora_X"]["source"] and "2025" in by_name["lora_X"]["source"]
+    assert "Galim" in by_name["sdt"]["source"] and "ICML 2025" in by_name["sdt"]["source"]
+    assert all("Kang" in by_name[n]["source"] for n in ("state_offset", "output_offset", "init_state"))
+    assert by_name["sdt"]["defaults"]["targets"] == ["A_log", "B", "C"]
 
 
 def test_list_tables(capsys):
     assert main(["list", "methods"]) == 0
-    assert "additional_scan" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "additional_scan" in out and "source" in out and "Galim" in out
     assert main(["list", "models"]) == 0
     assert "mamba-1.4b" in capsys.readouterr().out
 

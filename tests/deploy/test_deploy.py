@@ -27,7 +27,8 @@ from hybridsearch.peft import apply_peft, load_adapters, save_adapters
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # every LoRA flavour PEFT can express (activation branch, merged weight, row slice, both Vim directions, conv),
-# plus two it cannot (DoRA, partial tuning): all mergeable, so the same adapters also fold into one checkpoint
+# plus three it cannot (DoRA, partial tuning, sparse dimension tuning, whose warm-up runs inside the training):
+# all mergeable, so the same adapters also fold into one checkpoint
 METHODS = {
     "lora_X": {"optional": False, "params": {"rank": 2, "scale": 0.5}},
     "lora_B": {"optional": False, "params": {"rank": 2, "scale": 0.5}},
@@ -37,6 +38,7 @@ METHODS = {
     "lora_embed": {"optional": False, "params": {"rank": 2, "scale": 1.0}},
     "lora_C": {"optional": False, "params": {"rank": 2, "dora": True}},
     "tune_D": {"optional": False},
+    "sdt": {"optional": False, "params": {"channel_freeze": 0.9, "warmup_steps": 1}},
 }
 
 

@@ -17,7 +17,7 @@ from hybridsearch import create_model
 from hybridsearch.cli import main
 from hybridsearch.deploy import apply_adapters, export_hf_peft
 from hybridsearch.models.checkpoint import save_mamba
-from hybridsearch.peft import apply_peft, save_adapters
+from hybridsearch.peft import apply_peft, end_warmup, save_adapters
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft x transformers
 peft = pytest.importorskip("peft")
@@ -158,6 +158,30 @@ def test_apply_cli_writes_a_folder_peft_loads(tmp_path, monkeypatch, capsys, fmt
     out = capsys.readouterr().out
     assert "Hugging Face PEFT LoRA on" in out and "lora_X, lora_embed" in out
     assert "merged into" in out and "lora_dt, lora_out_proj" in out and "left out" in out and "additional_scan" in out
+
+
+def test_lm_sdt_is_merged_and_the_state_methods_are_left_out(tmp_path, monkeypatch):
+    """SDT folds exactly into A_log and x_proj of the base; state-offset, output-offset and initial-state tuning
+    have no PEFT form and do not fold: PEFT reproduces our model without them, exactly."""
+    base = _hf_base(tmp_path / "base")
+    model = apply_peft(create_model(base), {"methods": {"lora_X": {"rank": 2}, "sdt": {"channel_freeze": 0.5},
+                                                        "state_offset": {}, "output_offset": {}, "init_state": {}}})
+    end_warmup(model)  # as after training: the selection is made
+    perturb_trainable(model, std=0.3)
+    info = export_hf_peft(model, tmp_path / "hf")
+    assert info["adapter"] == ["lora_X"] and list(info["merged"]) == ["sdt"]
+    assert "folded exactly" in info["merged"]["sdt"]
+    assert sorted(info["left_out"]) == ["init_state", "output_offset", "state_offset"]
+    assert all("not foldable" in why for why in info["left_out"].values())
+    without = copy.deepcopy(model)
+    for mixer in without.mixers:
+        for name in ("state_offset", "output_offset", "init_state"):
+            del mixer.peft[name]
+    x = tiny_input("lm")
+    with torch.no_grad():
+        want, full = without.eval()(x)[..., :100], model.eval()(x)[..., :100]
+    got = _peft_lm_logits(tmp_path / "hf", x, monkeypatch)
+    assert _rel(got, want) <= TOLERANCE < _rel(got, full)
 
 
 def test_the_bundled_proxy_exports_with_its_padded_vocabulary(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ def _run(model, x, as_state: bool, monkeypatch) -> dict[str, torch.Tensor]:
     calls = []
 
     def spy(*a, **k):
-        calls.append(k.get("initial_state") is not None)
+        calls.append(bool(k.get("return_last_state")))  # the prefix's own scan, for its last state
         return selective_scan(*a, **k)
 
     monkeypatch.setattr(mixer_mod, "selective_scan", spy)
@@ -37,16 +37,17 @@ def _run(model, x, as_state: bool, monkeypatch) -> dict[str, torch.Tensor]:
     return {"out": out.detach(), **{n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}}
 
 
-@pytest.mark.parametrize("extra", [False, True], ids=["affix", "affix+additional_scan"])
+@pytest.mark.parametrize("extra", [(), ("additional_scan",), ("additional_scan", "init_state", "state_offset")],
+                         ids=["affix", "affix+additional_scan", "affix+additional_scan+init_state+state_offset"])
 @pytest.mark.parametrize(("kind", "placement", "tokens"), [
     ("vim", "single_prefix", 3), ("vim", "dual_prefix", 2), ("vim", "dual_prefix", 5), ("lm", "single_prefix", 1),
 ])
-def test_prefix_affix_as_state_matches_tokens(kind: str, placement: str, tokens: int, extra: bool,
+def test_prefix_affix_as_state_matches_tokens(kind: str, placement: str, tokens: int, extra: tuple[str, ...],
                                              monkeypatch) -> None:
+    """Also with a trained initial state: the affix tokens are scanned from it, on either path."""
     torch.manual_seed(0)
     methods = {"affix": {"tokens": tokens, "placement": placement}, "lora_X": {"rank": 2}}
-    if extra:
-        methods["additional_scan"] = {"states": 3}
+    methods |= {m: {"states": 3} if m == "additional_scan" else {} for m in extra}
     model = apply_peft(build(CONFIGS[kind]), {"methods": methods}).eval()
     with torch.no_grad():  # zero-initialised PEFT parts would hide gradient paths
         for p in model.parameters():

@@ -9,6 +9,7 @@ import torch
 from conftest import KINDS, applicable, tiny_input, tiny_loss, tiny_model
 
 from hybridsearch import apply_peft, count_parameters
+from hybridsearch.peft import end_warmup
 
 PAIRS = [(kind, a, b) for kind in KINDS for a, b in itertools.combinations(applicable(kind), 2)]
 
@@ -21,6 +22,7 @@ def alone() -> dict[tuple[str, str], dict]:
 
 
 def _forward_backward(kind: str, model: torch.nn.Module) -> torch.Tensor:
+    end_warmup(model)  # past sdt's warm-up, as in a run: its selection trains
     out = model.train()(tiny_input(kind))
     tiny_loss(kind, out).backward()
     return out

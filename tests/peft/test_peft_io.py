@@ -13,12 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from hybridsearch import PeftConfig, apply_peft, load_adapters, merge_peft, save_adapters
 from hybridsearch.errors import CheckpointError, ConfigError
-from hybridsearch.peft import ADAPTER_FILE, CONFIG_FILE, META_FILE
+from hybridsearch.peft import ADAPTER_FILE, CONFIG_FILE, META_FILE, end_warmup
 
 
 def _trained(kind: str, config: dict, seed: int = 0) -> torch.nn.Module:
-    """A tiny model with ``config`` applied and every trainable tensor moved off its init, in eval mode."""
+    """A tiny model with ``config`` applied, past any warm-up (as after training), and every trainable tensor
+    moved off its init, in eval mode."""
     model = apply_peft(tiny_model(kind, seed), config)
+    end_warmup(model)
     perturb_trainable(model)
     return model.eval()
 
@@ -41,7 +43,9 @@ def test_save_load_round_trip(variant, tmp_path):
     save_adapters(model, tmp_path)
 
     tensors = load_file(str(tmp_path / ADAPTER_FILE))
-    assert set(tensors) == _trainable_names(model)  # only trainable tensors are written
+    state = {n for n in tensors if tensors[n].dtype == torch.int64}  # a method's own state: sdt's selection
+    assert set(tensors) - state == _trainable_names(model)  # only trainable tensors are written
+    assert all(".peft.sdt." in n for n in state) and bool(state) == ("sdt" in variant.methods)
     assert PeftConfig.from_yaml(tmp_path / CONFIG_FILE) == model.peft_config
     meta = json.loads((tmp_path / META_FILE).read_text())
     assert meta["kind"] == variant.kind and set(meta["counts"]["by_method"]) == set(variant.methods)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from hybridsearch import METHODS, MODELS, PeftConfig, apply_peft, count_config, count_parameters
 from hybridsearch.errors import ConfigError
-from hybridsearch.peft import counting, parse_layers
+from hybridsearch.peft import counting, end_warmup, parse_layers
 
 
 # -- the matrix itself ------------------------------------------------------------------------------------------
@@ -162,6 +162,15 @@ def _expected(model_name: str, method: str, s: dict) -> int:
     if method == "prompt":
         n = s["tokens"]
         return n * D + (2 * (D * D + D) if s.get("projection") else 0)
+    if method == "sdt":  # kept channels kc, kept states ks: kc ks A_log entries, N kc per B / C
+        kc = max(1, E - round(s.get("channel_freeze", 0.99) * E))
+        ks = max(1, N - round(s.get("state_freeze", 0.75) * N))
+        targets = s.get("targets", ("A_log", "B", "C"))
+        return L * dirs * (kc * ks * ("A_log" in targets) + N * kc * (("B" in targets) + ("C" in targets)))
+    if method in ("state_offset", "init_state"):
+        return L * dirs * E * N
+    if method == "output_offset":
+        return L * dirs * E
     unfreeze = s.get("mode") == "unfreeze"
     per_layer = {"tune_A": E * N, "tune_D": E, "tune_dt_bias": E, "tune_conv1d": E * K + (E if unfreeze else 0)}
     if method in per_layer:
@@ -174,10 +183,11 @@ _COMMON = {"parallel_adapter": {"rank": 7}, "lora_embed": {"rank": 5}, "lora_in_
            "lora_d": {"rank": 2, "dora": True}, "lora_B": {"rank": 3}, "lora_C": {"rank": 5},
            "lora_dt": {"rank": 8, "dora": True}, "lora_out_proj": {"rank": 11},
            "prompt": {"tokens": 5, "placement": "prefix"}, "additional_scan": {"states": 4}, "tune_A": {},
-           "tune_D": {}, "tune_conv1d": {"mode": "unfreeze"}, "tune_dt_bias": {}}
+           "tune_D": {}, "tune_conv1d": {"mode": "unfreeze"}, "tune_dt_bias": {}, "sdt": {},
+           "state_offset": {}, "output_offset": {}, "init_state": {}}
 _PROJECTED = {"lora_X": {"rank": 16, "dora": True}, "lora_out_proj": {"rank": 2, "dora": True},
               "prompt": {"tokens": 3, "placement": "prefix", "projection": True}, "tune_conv1d": {"mode": "delta"},
-              "tune_A": {"mode": "unfreeze"}}
+              "tune_A": {"mode": "unfreeze"}, "sdt": {"channel_freeze": 0.9, "state_freeze": 0.5, "targets": ["B"]}}
 FORMULA_HYBRIDS = {  # (model, id) -> a hybrid of many methods; every by_method entry is checked against _expected
     ("vim-base", "plain"): _COMMON | {"affix": {"tokens": 3, "placement": "dual_centfix"}, "tune_cls_token": {},
                                      "tune_pos_embed": {"mode": "unfreeze"}},
@@ -278,6 +288,7 @@ def test_gradient_flow(variant):
         tiny_loss(variant.kind, out).backward()
         if step == 0:
             opt.step()
+            end_warmup(model)  # a run past its warm-up: sdt trains its selection from here on
     expected_shape = (2, 5) if variant.kind == "vim" else (2, 8, model.cfg.padded_vocab)
     assert out.shape == expected_shape
     for name, p in model.named_parameters():
@@ -342,6 +353,16 @@ BAD_CONFIGS = [
     ("dropout-one", {"lora_out_proj": {"dropout": 1.0}}, ["methods.lora_out_proj.dropout"]),
     ("lr-mult-negative", {"tune_D": {"lr_mult": -1}}, ["methods.tune_D.lr_mult"]),
     ("settings-not-mapping", {"lora_X": 4}, ["methods.lora_X", "mapping"]),
+    ("sdt-channel-freeze-one", {"sdt": {"channel_freeze": 1.0}}, ["methods.sdt.channel_freeze", "[0, 1)"]),
+    ("sdt-state-freeze-negative", {"sdt": {"state_freeze": -0.1}}, ["methods.sdt.state_freeze", "-0.1"]),
+    ("sdt-freeze-string", {"sdt": {"state_freeze": "half"}}, ["methods.sdt.state_freeze"]),
+    ("sdt-warmup-zero", {"sdt": {"warmup_steps": 0}}, ["methods.sdt.warmup_steps", "between 1 and"]),
+    ("sdt-targets-unknown", {"sdt": {"targets": ["A_log", "D"]}}, ["methods.sdt.targets", "A_log, B, C", "'D'"]),
+    ("sdt-targets-empty", {"sdt": {"targets": []}}, ["methods.sdt.targets", "non-empty"]),
+    ("sdt-targets-twice", {"sdt": {"targets": ["B", "B"]}}, ["methods.sdt.targets", "distinct"]),
+    ("sdt-targets-string", {"sdt": {"targets": "A_log"}}, ["methods.sdt.targets", "list"]),
+    ("state-offset-unknown-field", {"state_offset": {"init": "random"}}, ["methods.state_offset", "init",
+                                                                           "allowed:", "layers"]),
 ]
 
 

@@ -30,6 +30,11 @@ class ExtraStates:
         dims = (1, 1, 1)
         return tuple(torch.cat(p if self.prefix else p[::-1], dim=d) for p, d in zip(parts, dims))  # type: ignore
 
+    def pad_state(self, h: Tensor) -> Tensor:
+        """A state (E, N) over the columns so far -> (E, N + N'): the new columns start at zero."""
+        zeros = h.new_zeros(h.shape[0], self.A.shape[1])
+        return torch.cat([zeros, h] if self.prefix else [h, zeros], dim=1)
+
 
 class AdditionalScan(PeftModule):
     method = "additional_scan"
