@@ -10,8 +10,7 @@ from torch import nn
 
 from ..data.tokenizers import ByteTokenizer, TextTokenizer, load_tokenizer
 from ..errors import ConfigError
-from ..models import checkpoint_path, create_model, model_config
-from ..models.mamba_lm import MambaConfig
+from ..models import LMConfig, checkpoint_path, create_model, model_config
 from ..peft import load_adapters
 
 
@@ -25,7 +24,7 @@ def resolve_tokenizer(model: str | os.PathLike[str], tokenizer: str | os.PathLik
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return load_tokenizer(path)
     cfg = model_config(model)
-    if isinstance(cfg, MambaConfig) and cfg.vocab_size == ByteTokenizer.VOCAB_SIZE:
+    if isinstance(cfg, LMConfig) and cfg.vocab_size == ByteTokenizer.VOCAB_SIZE:  # Mamba-1 or Mamba-2
         return ByteTokenizer()
     raise ConfigError(f"{model}: no tokenizer.json next to the checkpoint; pass a tokenizer (a GPT-NeoX "
                       "tokenizer.json for the state-spaces models, or 'byte')")
