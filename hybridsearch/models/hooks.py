@@ -12,7 +12,7 @@ at fixed points of its forward, for contributions. That keeps the forward free o
   with ``concat(A, B, C)`` and ``pad_state(h)`` (zeros for its columns in a state over the columns so far).
 * ``initial_state(direction)``: an (E, N) state the scan starts from, over the pretrained states, shared by the
   batch (initial-state tuning), or ``None``.
-* ``scan_output(direction, C)``: an (E, L)-broadcastable term added to the scan's output before the z gate,
+* ``scan_output(direction, C)``: a (batch, E, L)-broadcastable term added to the scan's output before the z gate,
   from the pretrained states' C (batch, N, L) (state-offset and output-offset tuning), or ``None``.
 * ``extend_sequence`` / ``layer_affixes``: model-level prompt and affix tokens; each layer's affix is an
   ``AffixHook`` that the mixer asks where its tokens go.
