@@ -211,7 +211,9 @@ def test_interpreter_model_matches_reference(interp_results) -> None:
     assert not bad, f"tolerance exceeded (ratio to allowed error): {bad}"
 
 
-def test_auto_picks_reference_on_cpu(monkeypatch) -> None:
+def test_auto_never_picks_triton_on_cpu(monkeypatch) -> None:
+    """CPU tensors never reach the Triton kernel: without the fused cpu backend auto runs the reference (the cpu
+    backend's own dispatch tests cover the case where it builds)."""
     ss = importlib.import_module("hybridsearch.kernels.selective_scan")
     calls = []
     real = ss.selective_scan_reference
@@ -220,6 +222,8 @@ def test_auto_picks_reference_on_cpu(monkeypatch) -> None:
         calls.append(1)
         return real(*a, **k)
 
+    monkeypatch.delenv("HYBRIDSEARCH_SCAN_BACKEND", raising=False)
+    monkeypatch.setattr(ss, "_cpu_available", lambda: False)
     monkeypatch.setattr(ss, "selective_scan_reference", spy)
     c = Case(1, 4, 5, 4, 0, "zdbs")
     u, delta, A, B, C, D, z, bias, _ = make_inputs(c)
