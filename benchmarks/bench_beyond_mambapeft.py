@@ -17,7 +17,7 @@ Scores are the mean accuracy over the space's tasks. Every study lives in ``--st
 cached in ``--out``/<domain>.json as soon as it exists: a killed run continues where it stopped. Prints JSON.
 
 Usage: python benchmarks/bench_beyond_mambapeft.py --domain vision [--seeds 0,1,2] [--single-trials 6]
-       [--search-trials 16] [--storage runs/beyond.journal] [--out runs/beyond] [--smoke]
+       [--search-trials 16] [--test-epochs N] [--storage runs/beyond.journal] [--out runs/beyond] [--smoke]
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def space_variant(base: dict, name: str, methods: list[str], trials: int, folder
     return path
 
 
-def test_score(study: Any, seed: int, data_root: str | None, limit: int | None = None) -> dict[str, Any]:
+def test_score(study: Any, seed: int, data_root: str | None, epochs: int | None = None,
+               limit: int | None = None) -> dict[str, Any]:
     """The study's best trial trained with ``seed`` on all the training data of each task (``limit``: its first
-    examples only, for --smoke) at the search's fidelity, scored once on test."""
+    examples only, for --smoke) for ``epochs`` (default: the search's fidelity), scored once on test."""
     import torch
 
     from hybridsearch.search.results import best_trials
@@ -66,7 +67,7 @@ def test_score(study: Any, seed: int, data_root: str | None, limit: int | None =
     family = space.family
     tasks = family.load_tasks(space, family.data_root(space, data_root), final=True)
     recipe = Recipe.from_dict(trial.user_attrs["recipe"])
-    recipe.epochs = space.fidelity.epochs
+    recipe.epochs = epochs or space.fidelity.epochs
     accs = {}
     for task in tasks:
         if limit:
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("--storage", default="runs/beyond.journal")
     ap.add_argument("--out", default="runs/beyond")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--test-epochs", type=int, default=None,
+                    help="epochs of the final training before the test (default: the search's fidelity)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="1 trial, 1 seed, 1 epoch: checks the script runs")
     args = ap.parse_args()
@@ -152,7 +155,7 @@ def main() -> None:
         study = optuna.load_study(study_name=study_name, storage=_storage(args.storage))
         for seed in seeds:
             cached(f"single/{method}/test/{seed}",
-                   lambda study=study, seed=seed: test_score(study, seed, args.data_root, limit))
+                   lambda study=study, seed=seed: test_score(study, seed, args.data_root, args.test_epochs, limit))
     # -- the hybrid search, with and without the later methods ------------------------------------------------
     for variant, methods in (("mambapeft", mamba_peft), ("with_later", list(base["methods"]))):
         path = space_variant(base, f"{tag}.search.{variant}", methods, search_trials, out, alone=False)
@@ -163,7 +166,7 @@ def main() -> None:
                                                                                args.data_root)[1])
             study = optuna.load_study(study_name=study_name, storage=_storage(args.storage))
             cached(f"search/{variant}/{seed}/test",
-                   lambda study=study, seed=seed: test_score(study, seed, args.data_root, limit))
+                   lambda study=study, seed=seed: test_score(study, seed, args.data_root, args.test_epochs, limit))
     result = {
         "domain": args.domain, "seeds": seeds, "single_trials": single_trials, "search_trials": search_trials,
         "single": {m: {"test": summary([cache[f"single/{m}/test/{s}"]["test"] for s in seeds]),
@@ -178,6 +181,7 @@ def main() -> None:
                        "epochs": [cache[f"search/{v}/{s}/study"]["epochs"] for s in seeds],
                        "seconds": [cache[f"search/{v}/{s}/study"]["seconds"] for s in seeds]}
                    for v in ("mambapeft", "with_later")},
+        "test_epochs": args.test_epochs or base["fidelity"]["epochs"],
         "seconds_this_run": round(time.perf_counter() - t0), "threads": args.threads, "torch": torch.__version__,
         "python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg(),
     }

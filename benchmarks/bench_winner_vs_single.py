@@ -4,7 +4,11 @@ several seeds: at the search's fidelity (train800 -> val200, the search's own sc
 train800val200 -> test (scored once per seed). Prints JSON: per config the mean and std over seeds of the
 mean accuracy over the tasks.
 
+The winner is the study's best trial as ``show`` ranks it (with ``final``, by the mean over seeds); the single
+method is the best trial of any single method over the whole study.
+
 Usage: python benchmarks/bench_winner_vs_single.py --study mini_vtab [--storage URL] [--seeds 1,2,3]
+       [--splits val,test]
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import optuna
 import torch
 
-from hybridsearch.search.results import baseline_comparison
+from hybridsearch.search.results import baseline_comparison, seed_scores
 from hybridsearch.search.space import load_space
 from hybridsearch.search.storage import open_storage
 from hybridsearch.training.recipe import Recipe
@@ -41,6 +46,8 @@ def main() -> None:
     ap.add_argument("--storage", default=None)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--splits", default="val,test", help="val (the search's fidelity), test (all training data "
+                                                           "-> test), or both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -52,25 +59,26 @@ def main() -> None:
     family, fid = space.family, space.fidelity
     root = family.data_root(space, study.user_attrs.get("data_root"))
     search_tasks = family.load_tasks(space, root, max_train=fid.max_train_examples, max_val=fid.max_val_examples)
-    test_tasks = family.load_tasks(space, root, final=True)
+    test_tasks = family.load_tasks(space, root, final=True)  # all the training data, then test
     by_number = {t.number: t for t in study.trials}
     head = [t for t in study.trials if t.user_attrs.get("baseline") == "head_only" and t.values]
     configs = {"winner": by_number[cmp["winner_trial"]], f"single:{cmp['best_single_method']}":
                by_number[cmp["single_trial"]], **({"head_only": head[0]} if head else {})}
     seeds = [int(s) for s in args.seeds.split(",")]
     t0, rows = time.perf_counter(), {}
+    splits = {"val": search_tasks, "test": test_tasks}
+    wanted = [x.strip() for x in args.splits.split(",") if x.strip() in splits]
     for name, trial in configs.items():
-        val = [score(space, search_tasks, trial, fid.epochs, s) for s in seeds]
-        test = [score(space, test_tasks, trial, fid.epochs, s) for s in seeds]
-        rows[name] = {
-            "trial": trial.number, "methods": list(trial.user_attrs["peft"]["methods"]),
-            "trainable": trial.user_attrs.get("trainable"), "search_score": trial.values[0],
-            "val_mean": round(statistics.mean(val), 4), "val_std": round(statistics.pstdev(val), 4),
-            "test_mean": round(statistics.mean(test), 4), "test_std": round(statistics.pstdev(test), 4),
-            "val": [round(v, 4) for v in val], "test": [round(v, 4) for v in test],
-        }
+        rows[name] = {"trial": trial.number, "methods": list(trial.user_attrs["peft"]["methods"]),
+                      "trainable": trial.user_attrs.get("trainable"), "search_score": trial.values[0],
+                      "search_seed_scores": seed_scores(study).get(trial.number)}
+        for split in wanted:
+            got = [score(space, splits[split], trial, fid.epochs, s) for s in seeds]
+            rows[name].update({f"{split}_mean": round(statistics.mean(got), 4),
+                               f"{split}_std": round(statistics.pstdev(got), 4), split: [round(v, 4) for v in got]})
         print(f"{name}: {rows[name]}", flush=True)
-    print(json.dumps({"study": args.study, "tasks": space.search_tasks, "epochs": fid.epochs, "seeds": seeds,
+    print(json.dumps({"study": args.study, "command": " ".join(["python", *sys.argv]),
+                      "tasks": space.search_tasks, "epochs": fid.epochs, "seeds": seeds,
                       "configs": rows, "seconds": round(time.perf_counter() - t0, 1),
                       "threads": args.threads, "torch": torch.__version__}, indent=2))
 
