@@ -37,6 +37,7 @@ def test_tiny_lm_search_export_and_reload(tmp_path: Path, tiny_root: Path, capsy
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     space = yaml.safe_load(SPACE.read_text())
     space["data"].update(root=str(tiny_root), tasks=["boolq", "piqa"])
+    space.pop("final", None)  # two search trials, no re-trainings (final has its own tests)
     space["fidelity"].update(max_train_examples=8, max_val_examples=4)
     space["recipe"]["batch_size"] = 4
     space["methods"] = {"lora_X": {"optional": False, "params": {"rank": {"int": [2, 4], "step": 2}, "scale": 0.5}},
