@@ -1,7 +1,8 @@
 """Shared fixtures and the PEFT test matrix.
 
 The matrix is built from the method registry: every registered method on every model kind it applies to
-(``METHODS.get(name).kinds``), plus variants (DoRA, every prompt / affix placement, Additional-scan positions
+(``METHODS.get(name).kinds`` and the mixer parts it needs: kind ``mamba2``, a tiny Mamba-2 LM, has no dt_proj and
+Mamba-1 no gated norm), plus variants (DoRA, every prompt / affix placement, Additional-scan positions
 and inits, partial-tuning modes, ``layers`` subsets and per-layer rank mappings). Tests ask for it by argument
 name and ``pytest_generate_tests`` parametrises them:
 
@@ -15,6 +16,7 @@ Sparse dimension tuning (``sdt``) has a warm-up: tests that train or save a mode
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,29 +29,37 @@ import torch.nn.functional as F
 os.environ.setdefault("HYBRIDSEARCH_WORKERS", "1")
 
 from hybridsearch import METHODS, PeftConfig
-from hybridsearch.models import MambaConfig, VimConfig, build
+from hybridsearch.models import Mamba2Config, MambaConfig, VimConfig, build
 from hybridsearch.peft.tokens import AFFIX_PLACEMENTS, PROMPT_PLACEMENTS
 
 torch.set_num_threads(1)  # tiny models: thread start-up costs far more than it saves on 2 shared cores
 
 VIM_CONFIG = VimConfig(d_model=16, depth=2, img_size=16, patch_size=4, d_state=4, num_classes=5, drop_path_rate=0.0)
 LM_CONFIG = MambaConfig(d_model=16, n_layer=2, vocab_size=100)
-TINY = {"vim": VIM_CONFIG, "lm": LM_CONFIG}
-KINDS = ("vim", "lm")
+# 8 heads of 8 in 2 groups (the head -> group map is exercised), chunks of 4 (the 8 tokens cross a chunk boundary)
+MAMBA2_CONFIG = Mamba2Config(d_model=32, n_layer=2, vocab_size=100, d_state=8, headdim=8, ngroups=2, chunk_size=4,
+                             pad_vocab_size_multiple=8)
+TINY = {"vim": VIM_CONFIG, "lm": LM_CONFIG, "mamba2": MAMBA2_CONFIG}
+KINDS = ("vim", "lm", "mamba2")  # "mamba2": a Mamba-2 LM (its model kind is "lm")
 LM_SEQ = 8
 
 # -- what each registered method is (a new method must be classified here: see test_matrix_knows_every_method)
 LORA_FAMILY = ("lora_in_proj", "lora_X", "lora_Z", "lora_x_proj", "lora_d", "lora_B", "lora_C", "lora_dt",
                "lora_out_proj")
-PARTIAL = ("tune_A", "tune_D", "tune_conv1d", "tune_dt_bias", "tune_cls_token", "tune_pos_embed")
+PARTIAL = ("tune_A", "tune_D", "tune_conv1d", "tune_dt_bias", "tune_norm", "tune_cls_token", "tune_pos_embed")
 TOKENS = ("prompt", "affix")
 STATE = ("state_offset", "output_offset", "init_state")  # zero-init, not mergeable
 KNOWN_METHODS = {*LORA_FAMILY, *PARTIAL, *TOKENS, *STATE, "parallel_adapter", "lora_embed", "additional_scan", "sdt"}
 RANKED = (*LORA_FAMILY, "parallel_adapter")  # accept a per-layer rank mapping
 
 
+@functools.cache
 def applicable(kind: str) -> list[str]:
-    return [n for n in METHODS.names() if kind in METHODS.get(n).kinds]
+    """The methods that apply to the tiny model of ``kind``: its model kind, and every mixer part they need."""
+    model = build(TINY[kind], device="meta")
+    mixer = model.mixers[0]
+    return [n for n in METHODS.names() if model.kind in METHODS.get(n).kinds
+            and all(mixer.peft_part(p) is not None for p in METHODS.get(n).parts)]
 
 
 def _is_zero_init(kind: str, name: str, settings: dict) -> bool:
@@ -70,6 +80,13 @@ def _is_inert(kind: str, name: str, settings: dict) -> bool:
     """Suffix affix tokens come after every real token of each (causal) scan: no effect on any output, by design
     (the reference keeps ``inner_single_suffix`` as an ablation)."""
     return name == "affix" and settings.get("placement") in ("single_suffix", "dual_suffix")
+
+
+def _refused(kind: str, methods: dict) -> bool:
+    """Settings a model refuses by design (tests/peft/test_mamba2_peft.py checks the refusals): Mamba-2's extra
+    states scan on their own, so Additional-scan there takes no column position and no S4D init."""
+    scan = methods.get("additional_scan", {})
+    return kind == "mamba2" and (scan.get("position") == "suffix" or scan.get("init") == "s4d")
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,7 +127,8 @@ def _variants(kind: str) -> list[Variant]:
     names = applicable(kind)
 
     def add(label: str, methods: dict) -> None:
-        out.append(Variant(kind, methods, label))
+        if set(methods) <= set(names) and not _refused(kind, methods):
+            out.append(Variant(kind, methods, label))
 
     for n in names:
         add(n, {n: {}})  # the method's defaults

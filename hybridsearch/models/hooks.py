@@ -8,15 +8,24 @@ at fixed points of its forward, for contributions. That keeps the forward free o
   ``"cls_token"``...) or ``None``. Merged-weight LoRAs, DoRA and partial tuning ("v2") use this.
 * ``branch(site, x)``: an activation branch ``(slice, value)`` added to the output of ``site``
   (``"in_proj"``, ``"out_proj"``, ``"patch_embed"``, ``"embedding"``) or ``None``.
-* ``extra_states(direction, x)``: Additional-scan's extra (A, B, C) state columns, or ``None``: an object
-  with ``concat(A, B, C)`` and ``pad_state(h)`` (zeros for its columns in a state over the columns so far).
-* ``initial_state(direction)``: an (E, N) state the scan starts from, over the pretrained states, shared by the
-  batch (initial-state tuning), or ``None``.
-* ``scan_output(direction, C)``: a (batch, E, L)-broadcastable term added to the scan's output before the z gate,
-  from the pretrained states' C (batch, N, L) (state-offset and output-offset tuning), or ``None``.
+* ``extra_states(direction, x)``: Additional-scan's extra states, or ``None``. Mamba-1 (x: the conv output
+  (B, E, L)): an object with ``concat(A, B, C)`` and ``pad_state(h)`` (zeros for its columns in a state over the
+  columns so far). Mamba-2 (x: (B, L, E)): an ``A`` (H,), ``B`` and ``C`` (B, L, G', N') the mixer scans beside
+  its own states, from zero.
+* ``initial_state(direction)``: a state the scan starts from (the mixer's ``state_shape``: (E, N) on Mamba-1,
+  (H, P, N) on Mamba-2), over the pretrained states, shared by the batch (initial-state tuning), or ``None``.
+* ``scan_output(direction, readout)``: a term added to the scan's output before the z gate (Mamba-1) or the
+  gated norm (Mamba-2) (state-offset and output-offset tuning), or ``None``. ``readout`` (``ScanReadout``) turns
+  a state-shaped tensor into ``C_t . h`` over the pretrained states and a per-channel (E,) vector into a term of
+  the output, so the methods need not know the mixer's layout.
 * ``extend_sequence`` / ``layer_affixes``: model-level prompt and affix tokens; each layer's affix is an
   ``AffixHook`` that the mixer asks where its tokens go.
 * ``merge(host)``: fold the method exactly into the host's base tensors (only where ``mergeable``).
+
+A mixer names the parts methods attach to (``peft_part(name)`` -> ``Part`` or ``None`` where it has no such
+part): a LoRA's row block (``"X"``, ``"B"``, ``"x_proj"``...) or a partially tuned tensor (``"A_log"``,
+``"dt_bias"``, ``"norm"``...), as a base tensor name and its rows. So one method definition serves Mamba-1 (B in
+x_proj) and Mamba-2 (B in in_proj), and a model without the part refuses the method before anything changes.
 
 Training loops call ``after_optimizer_step(last)`` after every optimizer step (``peft.after_optimizer_step``):
 a method with a warm-up (sparse dimension tuning) changes what it trains there. Its ``transient`` parameters
@@ -26,12 +35,32 @@ train only during that warm-up: they are not counted and not saved.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
 Branch = tuple[slice, Tensor]
+ALL_ROWS = slice(None)
+
+
+class Part(NamedTuple):
+    """A part of a mixer a method attaches to: base tensor ``target`` (as ``param`` names it), rows ``rows``."""
+
+    target: str
+    rows: slice = ALL_ROWS
+
+
+class ScanReadout(Protocol):
+    """What a mixer's scan output offers the output-side methods, in the mixer's own layout."""
+
+    def state(self, h: Tensor) -> Tensor:
+        """``C_t . h`` at every position for a state-shaped ``h`` (the pretrained states' C): an output term."""
+        ...
+
+    def channels(self, y: Tensor) -> Tensor:
+        """A per-channel (E,) vector as an output term (the same at every position)."""
+        ...
 # inserts tokens into a (B, C, L) sequence; returns it and the positions of the original tokens
 TokenInserter = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -74,7 +103,7 @@ class PeftModule(nn.Module):
     def initial_state(self, direction: str) -> Tensor | None:
         return None
 
-    def scan_output(self, direction: str, C: Tensor) -> Tensor | None:
+    def scan_output(self, direction: str, readout: ScanReadout) -> Tensor | None:
         return None
 
     def extend_sequence(self, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,4 +170,5 @@ def add_branches(host: nn.Module, site: str, x: Tensor, y: Tensor) -> Tensor:
     return y
 
 
-__all__ = ["AffixHook", "Branch", "PeftModule", "TokenInserter", "add_branches", "effective", "summed"]
+__all__ = ["ALL_ROWS", "AffixHook", "Branch", "Part", "PeftModule", "ScanReadout", "TokenInserter", "add_branches",
+           "effective", "summed"]

@@ -10,7 +10,10 @@ Hook points (``hooks.py``), where the Mamba-1 mixer has them, so the PEFT method
 touching this model again: ``self.peft`` on the model and every mixer; ``effective`` on every base tensor the
 forward reads (``in_proj.weight``, ``conv1d.weight`` / ``.bias``, ``dt_bias``, ``A_log``, ``D``, ``norm.weight``,
 ``out_proj.weight``, ``embedding.weight``); ``add_branches`` at ``in_proj``, ``out_proj`` and ``embedding``;
-``extend_sequence`` at the model's input. ``param(name, direction)`` and ``directions`` as the Mamba-1 mixer.
+``extend_sequence`` at the model's input; affix tokens (``AffixHook``), ``extra_states`` (extra heads' states,
+scanned beside the pretrained ones), ``initial_state`` and ``scan_output`` in the mixer. ``param(name, direction)``,
+``directions``, ``peft_part`` and ``state_shape`` as the Mamba-1 mixer. Where each method goes: docs/methods.md
+("Mamba-2").
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 
 from ..kernels import causal_conv1d, linear, resolve_backend
 from ..kernels.ssd import ssd_scan
-from .hooks import AffixHook, add_branches, effective
+from .hooks import AffixHook, Part, add_branches, effective, summed
 from .layers import Block, RMSNorm
 
 NO_LIMIT = (0.0, math.inf)
@@ -125,6 +128,8 @@ class RMSNormGated(nn.Module):
 class Mamba2(nn.Module):
     """The Mamba-2 mixer: (B, L, d_model) -> (B, L, d_model)."""
 
+    layer = "Mamba2"  # mamba_ssm's ssm_cfg layer name: which form of a method attaches (peft/*/)
+
     def __init__(self, cfg: Mamba2Config, layer_idx: int = 0, dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0)) -> None:
         super().__init__()
@@ -133,6 +138,7 @@ class Mamba2(nn.Module):
         self.d_inner, self.headdim, self.nheads, self.ngroups = cfg.d_inner, cfg.headdim, cfg.nheads, cfg.ngroups
         self.directions = ("f",)  # one scan direction, as the Mamba-1 LM mixer (peft/hosts.per_direction)
         self.scan_backend = "auto"
+        self.affix_as_state = True  # prefix affix tokens enter as an initial state + conv context (exact; tests)
         E, H, GN = self.d_inner, self.nheads, cfg.ngroups * cfg.d_state
         self.conv_dim = E + 2 * GN
         self.in_proj = nn.Linear(cfg.d_model, 2 * E + 2 * GN + H, bias=cfg.bias)  # [z, x, B, C, dt]
@@ -152,6 +158,29 @@ class Mamba2(nn.Module):
                 self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
                 self.A_log.copy_(torch.empty(H).uniform_(*A_init_range).log())
 
+    # -- what PEFT methods attach to (models/hooks.py) ----------------------------------------------------------------
+    def peft_part(self, name: str) -> Part | None:
+        """The row block or tensor a method names, None where Mamba-2 has none (``dt_proj``). in_proj's rows are
+        [z, x, B, C, dt]; ``x_proj`` is the B, C and dt rows, what Mamba-1's x_proj makes (docs/methods.md)."""
+        E, GN, w_in = self.d_inner, self.ngroups * self.d_state, "in_proj.weight"
+        parts = {
+            "in_proj": Part(w_in), "Z": Part(w_in, slice(0, E)), "X": Part(w_in, slice(E, 2 * E)),
+            "B": Part(w_in, slice(2 * E, 2 * E + GN)), "C": Part(w_in, slice(2 * E + GN, 2 * E + 2 * GN)),
+            "d": Part(w_in, slice(2 * E + 2 * GN, 2 * E + 2 * GN + self.nheads)),
+            "x_proj": Part(w_in, slice(2 * E, 2 * E + 2 * GN + self.nheads)), "out_proj": Part("out_proj.weight"),
+            "A_log": Part("A_log"), "D": Part("D"), "conv1d.weight": Part("conv1d.weight"), "dt_bias": Part("dt_bias"),
+        }
+        if self.conv1d.bias is not None:
+            parts["conv1d.bias"] = Part("conv1d.bias")
+        if self.cfg.rmsnorm:
+            parts["norm"] = Part("norm.weight")
+        return parts.get(name)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The SSM state per sequence: (heads, headdim, N)."""
+        return (self.nheads, self.headdim, self.d_state)
+
     # -- base tensors (+ PEFT deltas), by the names the hooks use ---------------------------------------------------
     def param(self, name: str, direction: str = "f") -> Tensor:
         """Base tensor ``name`` (``"in_proj.weight"``, ``"A_log"``, ``"dt_bias"``...); one direction only."""
@@ -170,28 +199,96 @@ class Mamba2(nn.Module):
         return linear(x, w, b) if resolve_backend(self.scan_backend, x) == "cpu" else F.linear(x, w, b)
 
     def forward(self, h: Tensor, affix: AffixHook | None = None) -> Tensor:
-        """h (B, L, d_model) -> (B, L, d_model). Affix tokens are not carried over to Mamba-2 yet (apply_peft
-        refuses them), so ``affix`` must be None."""
-        if affix is not None:
-            raise NotImplementedError("affix tokens are not available for Mamba-2 models yet")
-        E, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        """h (B, L, d_model) -> (B, L, d_model). ``affix``: this layer's affix tokens (hooks.AffixHook): outer ones
+        enter in_proj's input, inner ones its output (z, x, B, C, dt); their outputs are dropped."""
+        keep = prefix = None
+        if affix is not None and affix.outer:
+            h, keep = affix.insert_outer(h)
         zxbcdt = add_branches(self, "in_proj", h, self._linear(h, self.eff("in_proj.weight"), self.in_proj.bias))
-        z, xBC, dt = zxbcdt.split([E, self.conv_dim, H], dim=-1)  # (B, L, E), (B, L, E + 2GN), (B, L, H)
-        # channels-innermost (B, E + 2GN, L) view in and out: the fused CPU conv reads and writes it in place
-        xBC = causal_conv1d(xBC.transpose(1, 2), self.eff("conv1d.weight"), self.eff("conv1d.bias"),
-                            backend=self.scan_backend).transpose(1, 2)
-        x, B, C = xBC.split([E, G * N, G * N], dim=-1)
-        D = self.eff("D")
-        y = ssd_scan(
-            x.unflatten(-1, (H, P)), dt, -torch.exp(self.eff("A_log").float()), B.unflatten(-1, (G, N)),
-            C.unflatten(-1, (G, N)), D.view(H, P) if self.cfg.D_has_hdim else D, dt_bias=self.eff("dt_bias"),
-            dt_limit=self.cfg.dt_limit, chunk_size=self.cfg.chunk_size, backend=self.scan_backend,
-        ).flatten(2)  # (B, L, E)
+        if affix is not None and not affix.outer:
+            prefix = affix.prefix("f") if self.affix_as_state else None
+            if prefix is None:  # explicit tokens in the sequence
+                seq, keep = affix.inner("f")(zxbcdt.transpose(1, 2))
+                zxbcdt = seq.transpose(1, 2)
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        y = self._ssm(xBC, dt, prefix)  # (B, L', E)
         if self.cfg.rmsnorm:
             y = self.norm(y, z, self.eff("norm.weight"))
         else:
             y = y * F.silu(z)
+        if keep is not None:
+            y = y[:, keep]
         return add_branches(self, "out_proj", y, self._linear(y, self.eff("out_proj.weight"), self.out_proj.bias))
+
+    def _conv(self, xBC: Tensor) -> Tensor:
+        # channels-innermost (B, E + 2GN, L) view in and out: the fused CPU conv reads and writes it in place
+        return causal_conv1d(xBC.transpose(1, 2), self.eff("conv1d.weight"), self.eff("conv1d.bias"),
+                             backend=self.scan_backend).transpose(1, 2)
+
+    def _ssm(self, xBC: Tensor, dt: Tensor, prefix: Tensor | None) -> Tensor:
+        """Conv and scans of xBC (B, L, E + 2GN), dt (B, L, H) -> y (B, L, E) before the gated norm.
+
+        ``prefix`` (n, d_in_proj): inner prefix affix tokens shared by the batch, entered without putting them in
+        the sequence (as the Mamba-1 mixer): their only effect on the real tokens is the scan states after them
+        and the conv's context before position 0, both batch independent, so they are scanned once with batch 1.
+        """
+        K1 = self.d_conv - 1
+        h_init = summed(self, "initial_state", "f")  # (H, P, N): the state before the first token scanned
+        starts = None
+        if prefix is None:
+            xBC = self._conv(xBC)
+        else:
+            _, p_xBC, p_dt = prefix.to(xBC.dtype)[None].split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+            ctx = F.pad(p_xBC, (0, 0, K1, 0))[:, p_xBC.shape[1]:]  # the K1 conv inputs before position 0
+            xBC = self._conv(torch.cat([ctx.expand(xBC.shape[0], -1, -1), xBC], dim=1))[:, K1:]
+            _, finals = self._scans(self._conv(p_xBC), p_dt, h_init, None)
+            starts = [f.expand(xBC.shape[0], *f.shape[1:]) for f in finals]
+        return self._scans(xBC, dt, h_init, starts)[0]
+
+    def _scans(self, xBC: Tensor, dt: Tensor, h_init: Tensor | None, starts: list[Tensor] | None
+               ) -> tuple[Tensor, list[Tensor]]:
+        """The pretrained states' SSD scan and, beside it, one per ``extra_states`` (Additional-scan: own per-head
+        A, own B and C, no D, from zero) on the conv output xBC (B, L, E + 2GN). ``starts``: each scan's initial
+        state (the prefix's final ones), else ``h_init`` for the pretrained states. -> (y (B, L, E) with every
+        ``scan_output`` term, the final states in the same order)."""
+        E, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        batch = xBC.shape[0]
+        x, B, C = xBC.split([E, G * N, G * N], dim=-1)
+        D = self.eff("D")
+        scans = [(-torch.exp(self.eff("A_log").float()), B.unflatten(-1, (G, N)), C.unflatten(-1, (G, N)),
+                  D.view(H, P) if self.cfg.D_has_hdim else D)]
+        for m in self.peft.values():
+            extra = m.extra_states("f", x)
+            if extra is not None:
+                scans.append((extra.A, extra.B, extra.C, None))
+        y, finals = 0, []
+        for i, (A, Bs, Cs, Ds) in enumerate(scans):
+            h0 = starts[i] if starts is not None else (h_init.float()[None].expand(batch, -1, -1, -1)
+                                                      if i == 0 and h_init is not None else None)
+            yi, hi = ssd_scan(x.unflatten(-1, (H, P)), dt, A, Bs.to(x.dtype), Cs.to(x.dtype), Ds,
+                              dt_bias=self.eff("dt_bias"), dt_limit=self.cfg.dt_limit, chunk_size=self.cfg.chunk_size,
+                              initial_state=h0, return_final_state=True, backend=self.scan_backend)
+            y, finals = y + yi.flatten(2), [*finals, hi]
+        term = summed(self, "scan_output", "f", _Readout(C.unflatten(-1, (G, N)), H))
+        if term is not None:
+            y = y + term.to(y.dtype)
+        return y, finals
+
+
+@dataclass
+class _Readout:
+    """hooks.ScanReadout over the (B, L, E) output from the pretrained states' C (B, L, G, N), head h reading group
+    h // (H / G)."""
+
+    C: Tensor
+    nheads: int
+
+    def state(self, h: Tensor) -> Tensor:
+        C = self.C.float().repeat_interleave(self.nheads // self.C.shape[2], dim=2)  # (B, L, H, N)
+        return torch.einsum("blhn,hpn->blhp", C, h.float()).flatten(2)
+
+    def channels(self, y: Tensor) -> Tensor:
+        return y.float()
 
 
 class Mamba2Backbone(nn.Module):
@@ -207,7 +304,6 @@ class Mamba2LM(nn.Module):
     """token ids (B, L) -> logits (B, L, padded vocab); mamba_ssm's ``MambaLMHeadModel`` with Mamba-2 layers."""
 
     kind = "lm"  # trains, evaluates and deploys on the Mamba LM paths
-    arch = "mamba2"  # which PEFT methods apply yet: peft/apply.py
 
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
@@ -240,11 +336,13 @@ class Mamba2LM(nn.Module):
         w = effective(self, "embedding.weight", self.backbone.embedding.weight)
         x = add_branches(self, "embedding", input_ids, F.embedding(input_ids, w))
         keep = torch.arange(x.shape[1], device=x.device)
+        affixes: dict[int, AffixHook] = {}
         for m in self.peft.values():
             x, keep = m.extend_sequence(x, keep)
+            affixes.update(m.layer_affixes() or {})
         hidden, residual = x, None
-        for layer in self.backbone.layers:
-            hidden, residual = layer(hidden, residual)
+        for i, layer in enumerate(self.backbone.layers):
+            hidden, residual = layer(hidden, residual, affix=affixes.get(i))
         residual = residual + hidden
         hidden = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
         return hidden[:, keep]

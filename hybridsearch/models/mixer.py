@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import causal_conv1d, linear, resolve_backend, selective_scan
-from .hooks import AffixHook, add_branches, effective, summed
+from .hooks import AffixHook, Part, add_branches, effective, summed
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
 _SUFFIX = {"f": "", "b": "_b"}
 
 
 class MambaMixer(nn.Module):
+    layer = "Mamba1"  # mamba_ssm's ssm_cfg layer name: which form of a method attaches (peft/*/)
+
     def __init__(
         self,
         d_model: int,
@@ -71,6 +73,25 @@ class MambaMixer(nn.Module):
         dt = dt.clamp(min=floor)
         with torch.no_grad():  # inverse softplus so that softplus(bias) == dt
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    # -- what PEFT methods attach to (models/hooks.py) ---------------------------------------------
+    def peft_part(self, name: str) -> Part | None:
+        """The row block or tensor a method names (``"X"``, ``"B"``, ``"dt_bias"``...), None if this mixer has none."""
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
+        w_in, w_x = "in_proj.weight", "x_proj.weight"
+        return {
+            "in_proj": Part(w_in), "X": Part(w_in, slice(0, E)), "Z": Part(w_in, slice(E, 2 * E)),
+            "x_proj": Part(w_x), "d": Part(w_x, slice(0, R)), "B": Part(w_x, slice(R, R + N)),
+            "C": Part(w_x, slice(R + N, R + 2 * N)), "dt_proj": Part("dt_proj.weight"),
+            "out_proj": Part("out_proj.weight"),
+            "A_log": Part("A_log"), "D": Part("D"), "conv1d.weight": Part("conv1d.weight"),
+            "conv1d.bias": Part("conv1d.bias"), "dt_bias": Part("dt_proj.bias"),
+        }.get(name)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """One direction's SSM state per sequence: (E, N)."""
+        return (self.d_inner, self.d_state)
 
     # -- per-direction tensors (base + PEFT deltas) ------------------------------------------------
     def param(self, name: str, direction: str) -> Tensor:
@@ -161,7 +182,7 @@ class MambaMixer(nn.Module):
             x, s.delta, s.A, s.B, s.C, D, z=z, delta_bias=dt_bias, delta_softplus=True, initial_state=h0,
             reverse=reverse, backend=backend,
         )
-        term = summed(self, "scan_output", d, s.C_base)
+        term = summed(self, "scan_output", d, _Readout(s.C_base))
         if term is not None:  # a term of the scan's output before the gate: (C_t . h_t + D u_t + term_t) silu(z_t)
             y = y + (term * F.silu(z.float())).to(y.dtype)
         return y
@@ -201,6 +222,19 @@ class _SSMInputs:
         for extra in self.extras:
             h = extra.pad_state(h)
         return h.float()[None].expand(batch, -1, -1)
+
+
+@dataclass
+class _Readout:
+    """hooks.ScanReadout over the (batch, E, L) output, from the pretrained states' C (batch, N, L)."""
+
+    C: Tensor
+
+    def state(self, h: Tensor) -> Tensor:
+        return torch.einsum("bnl,dn->bdl", self.C.float(), h.float())
+
+    def channels(self, y: Tensor) -> Tensor:
+        return y.float()[:, None]
 
 
 def _cat_seq(a: Tensor, b: Tensor) -> Tensor:

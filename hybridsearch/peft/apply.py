@@ -15,10 +15,19 @@ from .hosts import hosts
 from .hybrid import PeftConfig
 from .registry import METHODS
 
-# The methods that apply to a Mamba-2 LM unchanged, through its model-level hook points (tokens before the input,
-# LoRA on the token embedding). The mixer methods are carried over to Mamba-2's mixer in a later step; until then
-# they are refused.
-MAMBA2_METHODS = ("prompt", "lora_embed")
+
+def _check_parts(model: nn.Module, config: PeftConfig) -> None:
+    """Refuse a method whose mixer part this model lacks (Mamba-2 has no dt_proj, Mamba-1 no gated norm), in one
+    line, before anything changes."""
+    mixer = model.mixers[0]
+    for name in config.methods:
+        spec = METHODS.get(name)
+        missing = [p for p in spec.parts if mixer.peft_part(p) is None]
+        if missing and model.kind in spec.kinds:
+            has = [n for n in METHODS.names() if model.kind in METHODS.get(n).kinds
+                   and all(mixer.peft_part(p) is not None for p in METHODS.get(n).parts)]
+            raise ConfigError(f"methods.{name}: this model's {mixer.layer} mixer has no {', '.join(missing)}; "
+                              f"allowed there: {', '.join(has)}")
 
 
 def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.Module:
@@ -36,11 +45,7 @@ def apply_peft(model: nn.Module, config: PeftConfig | dict | str | Path) -> nn.M
         config = PeftConfig.from_dict(config) if isinstance(config, dict) else PeftConfig.from_yaml(config)
     if getattr(model, "peft_config", None) is not None:
         raise ConfigError("this model already has PEFT methods applied; build a fresh model to apply another")
-    if getattr(model, "arch", None) == "mamba2":  # before anything changes: a refused config leaves the model as it was
-        for name in config.methods:
-            if name not in MAMBA2_METHODS:
-                raise ConfigError(f"methods.{name}: not available for Mamba-2 models yet; allowed there: "
-                                  f"{', '.join(MAMBA2_METHODS)}")
+    _check_parts(model, config)
     for p in model.parameters():
         p.requires_grad_(False)
     model._peft_unfrozen = {}

@@ -34,6 +34,7 @@ class MethodSpec:
     kinds: tuple[str, ...] = ("vim", "lm")
     per_layer: bool = True  # honours ``layers``
     source: str = MAMBAPEFT
+    parts: tuple[str, ...] = ()  # the mixer parts it needs (models/hooks.py Part); a mixer without one refuses it
 
     def defaults(self, **overrides: Any) -> MethodConfig:
         return self.config(**overrides)
@@ -43,11 +44,11 @@ METHODS: Registry[MethodSpec] = Registry("PEFT method")
 
 
 def register(name: str, config: type[MethodConfig], description: str, kinds: tuple[str, ...] = ("vim", "lm"),
-             per_layer: bool = True, source: str = MAMBAPEFT) -> Callable[[A], A]:
+             per_layer: bool = True, source: str = MAMBAPEFT, parts: tuple[str, ...] = ()) -> Callable[[A], A]:
     """Decorator registering an attach function as method ``name``."""
 
     def deco(fn: A) -> A:
-        METHODS.register(name, MethodSpec(name, config, fn, description, kinds, per_layer, source))
+        METHODS.register(name, MethodSpec(name, config, fn, description, kinds, per_layer, source, parts))
         return fn
 
     return deco

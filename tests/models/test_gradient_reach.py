@@ -3,9 +3,10 @@ its interpreter): a fused path that read a module's base tensor directly (``.wei
 the effective one, or skipped a hook (an initial state, an output term), would leave an adapter silently
 untrained, and only this check would notice.
 
-Each case is one method at its defaults on a tiny Vim and a tiny LM, its tensors moved off their (often zero)
-init so that every path carries signal, one forward and backward of a training step. Sparse dimension tuning is
-checked in both phases: its warm-up delta during the warm-up, its selected values after it.
+Each case is one method at its defaults on a tiny Vim, a tiny LM and a tiny Mamba-2 LM, its tensors moved off their
+(often zero) init so that every path carries signal, one forward and backward of a training step. Mamba-2 runs the
+SSD scan, whose backends here are the reference and cpu ones (its Triton kernels are mamba_ssm's, CUDA only).
+Sparse dimension tuning is checked in both phases: its warm-up delta during the warm-up, its selected values after it.
 
 The Triton cases run in one subprocess (this file as a script) with ``TRITON_INTERPRET=1``, which must be set
 before triton is first imported.
@@ -46,6 +47,7 @@ def cases() -> list[tuple[str, str, str]]:
 
 
 CASES = cases()
+TRITON_CASES = [c for c in CASES if c[0] != "mamba2"]  # the SSD scan has no Triton backend to interpret
 
 
 def case_id(case: tuple[str, str, str]) -> str:
@@ -62,19 +64,25 @@ def unreached(kind: str, name: str, phase: str, backend: str) -> dict[str, objec
     used = []
     for m in model.mixers:
         m.scan_backend = backend
+    from hybridsearch.models import mamba2 as mamba2_mod
     from hybridsearch.models import mixer as mixer_mod
 
-    real = mixer_mod.selective_scan
+    spied = [(mixer_mod, "selective_scan"), (mamba2_mod, "ssd_scan")]  # the scan each mixer calls
+    reals = [getattr(mod, name) for mod, name in spied]
 
-    def spy(*a, **k):
-        used.append(k["backend"])
-        return real(*a, **k)
+    def spy(real):
+        def call(*a, **k):
+            used.append(k["backend"])
+            return real(*a, **k)
+        return call
 
-    mixer_mod.selective_scan = spy
+    for (mod, name), real in zip(spied, reals):
+        setattr(mod, name, spy(real))
     try:
         tiny_loss(kind, model.train()(tiny_input(kind, batch=1))).backward()  # batch 1: the interpreter is slow
     finally:
-        mixer_mod.selective_scan = real
+        for (mod, name), real in zip(spied, reals):
+            setattr(mod, name, real)
     idle = ".values." if phase == "warm-up" else None  # sdt reads its selected values only after the warm-up
     tensors = {n: p for n, p in model.named_parameters()
                if p.requires_grad and "peft" in n.split(".") and not (idle and idle in n)}
@@ -112,7 +120,7 @@ def triton_results() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", TRITON_CASES, ids=[case_id(c) for c in TRITON_CASES])
 def test_triton_backend_under_the_interpreter(case, triton_results):
     _check(triton_results[case_id(case)], "triton")
 
@@ -126,4 +134,4 @@ def test_every_method_is_checked():
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1"
     torch.set_num_threads(1)
-    print(json.dumps({case_id(c): unreached(*c, "triton") for c in CASES}))
+    print(json.dumps({case_id(c): unreached(*c, "triton") for c in TRITON_CASES}))

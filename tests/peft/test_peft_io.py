@@ -48,7 +48,7 @@ def test_save_load_round_trip(variant, tmp_path):
     assert all(".peft.sdt." in n for n in state) and bool(state) == ("sdt" in variant.methods)
     assert PeftConfig.from_yaml(tmp_path / CONFIG_FILE) == model.peft_config
     meta = json.loads((tmp_path / META_FILE).read_text())
-    assert meta["kind"] == variant.kind and set(meta["counts"]["by_method"]) == set(variant.methods)
+    assert meta["kind"] == model.kind and set(meta["counts"]["by_method"]) == set(variant.methods)
 
     fresh = tiny_model(variant.kind)  # same seed: same base weights, untouched adapters
     with torch.no_grad():
@@ -151,7 +151,7 @@ def test_merge_equals_unmerged(mergeable_variant):
 
 
 def _all_mergeable(kind: str, dora: tuple[str, ...] = (), mode: str = "delta") -> dict:
-    methods: dict = {n: {"rank": 3, "dora": n in dora} for n in LORA_FAMILY}
+    methods: dict = {n: {"rank": 3, "dora": n in dora} for n in LORA_FAMILY if n in applicable(kind)}
     methods |= {n: {"mode": mode} for n in PARTIAL if n in applicable(kind)}
     if kind == "vim":
         methods["lora_embed"] = {"rank": 2}
@@ -167,6 +167,11 @@ MERGE_COMBOS = [
     ("lm-all", "lm", _all_mergeable("lm")),
     ("lm-all-dora", "lm", _all_mergeable("lm", dora=LORA_FAMILY)),
     ("lm-dora-Z-plain-in_proj", "lm", {"methods": {"lora_in_proj": {"rank": 2}, "lora_Z": {"rank": 2, "dora": True}}}),
+    ("mamba2-all", "mamba2", _all_mergeable("mamba2")),
+    ("mamba2-all-unfreeze", "mamba2", _all_mergeable("mamba2", mode="unfreeze")),
+    ("mamba2-all-dora", "mamba2", _all_mergeable("mamba2", dora=LORA_FAMILY)),
+    ("mamba2-in_proj-rows-and-sdt", "mamba2", {"methods": {"lora_B": {"rank": 2, "dora": True}, "lora_C": {"rank": 2},
+                                                          "lora_x_proj": {"rank": 2}, "sdt": {"channel_freeze": 0.5}}}),
     ("lm-layer-subsets", "lm", {"methods": {"lora_X": {"rank": {"0": 2, "1": 4}}, "tune_D": {"layers": [1]},
                                             "lora_dt": {"layers": 0, "dora": True}}}),
 ]

@@ -1,4 +1,6 @@
-"""Partial tuning of mixer tensors (A, D, conv1d, dt bias) and of Vim's cls token and position embedding.
+"""Partial tuning of mixer tensors (A, D, conv1d, dt bias, Mamba-2's gated RMSNorm) and of Vim's cls token and
+position embedding. Each mixer tensor is a part the mixer names (``peft_part``): ``dt_bias`` is dt_proj's bias on
+Mamba-1 and the per-head ``dt_bias`` on Mamba-2; ``A_log`` is (E, N) on Mamba-1 and one entry per head on Mamba-2.
 
 ``mode: unfreeze`` trains a base tensor in place: ``model._peft_unfrozen`` (parameter id -> method) is how
 counting and the optimizer groups tell it apart from the rest of the frozen base.
@@ -15,12 +17,13 @@ from .config import PartialConfig
 from .layer import PartialDelta
 
 
-def _partial_attacher(targets: tuple[str, ...]) -> Attach:
-    """targets[0] gets the delta; unfreeze trains every target (conv1d: weight and bias)."""
+def _partial_attacher(parts: tuple[str, ...]) -> Attach:
+    """parts[0] gets the delta; unfreeze trains every part (conv1d: weight and bias)."""
 
     def attach(model: nn.Module, cfg: PartialConfig, name: str) -> None:
         for i in selected_layers(model, cfg, name):
             m = model.mixers[i]
+            targets = [m.peft_part(p).target for p in parts]
             if cfg.mode == "delta":
                 m.peft[name] = PartialDelta(name, targets[0], per_direction(m, targets[0]))
             else:
@@ -48,14 +51,18 @@ def _model_partial_attacher(target: str) -> Attach:
     return attach
 
 
-register("tune_A", PartialConfig, "A-tuning: A_log (+ A_b_log)")(_partial_attacher(("A_log",)))
-register("tune_D", PartialConfig, "D-tuning: D (+ D_b)")(_partial_attacher(("D",)))
-register("tune_conv1d", PartialConfig, "Conv1d-tuning: conv1d weight (unfreeze: weight and bias)")(
-    _partial_attacher(("conv1d.weight", "conv1d.bias"))
-)
-register("tune_dt_bias", with_defaults(PartialConfig, decay_mult=100.0), "Bias-tuning: dt_proj bias")(
-    _partial_attacher(("dt_proj.bias",))
-)
+def _mixer_partial(name: str, parts: tuple[str, ...], description: str, config: type[PartialConfig] = PartialConfig
+                   ) -> None:
+    register(name, config, description, parts=parts)(_partial_attacher(parts))
+
+
+_mixer_partial("tune_A", ("A_log",), "A-tuning: A_log (+ A_b_log; Mamba-2: one per head)")
+_mixer_partial("tune_D", ("D",), "D-tuning: D (+ D_b)")
+_mixer_partial("tune_conv1d", ("conv1d.weight", "conv1d.bias"),
+               "Conv1d-tuning: conv1d weight (unfreeze: weight and bias)")
+_mixer_partial("tune_dt_bias", ("dt_bias",), "Bias-tuning: dt_proj bias (Mamba-2: dt_bias)",
+               with_defaults(PartialConfig, decay_mult=100.0))
+_mixer_partial("tune_norm", ("norm",), "Norm-tuning: the gated RMSNorm weight (Mamba-2 only)")
 register("tune_cls_token", PartialConfig, "CLS-token-tuning", kinds=("vim",), per_layer=False)(
     _model_partial_attacher("cls_token")
 )

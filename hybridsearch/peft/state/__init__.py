@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...models.hooks import PeftModule
-from ..hosts import per_direction, selected_layers
+from ..hosts import selected_layers
 from ..registry import STATE_TUNING, Attach, register
 from .config import StateConfig
 from .layer import InitialState, OutputOffset, StateOffset
@@ -22,7 +22,7 @@ def _attacher(cls: type[PeftModule]) -> Attach:
     def attach(model: nn.Module, cfg: StateConfig, name: str) -> None:
         for i in selected_layers(model, cfg, name):
             m = model.mixers[i]
-            m.peft[name] = cls(per_direction(m, "A_log"))
+            m.peft[name] = cls(m.directions, m.state_shape, m.d_inner, m.param("A_log", "f").device)
 
     return attach
 

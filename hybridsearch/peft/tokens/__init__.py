@@ -31,7 +31,9 @@ def _attach_affix(model: nn.Module, cfg: AffixConfig, name: str) -> None:
                           "the language model is unidirectional (use single_* or outer_single_prefix)")
     m0 = model.mixers[0]
     layers = selected_layers(model, cfg, name)
-    model.peft[name] = Affix(layers, m0.d_model, m0.d_inner, cfg.tokens, placement, cfg.projection, cfg.hidden)
+    # inner tokens live in in_proj's output space: (x, z) on Mamba-1, (z, x, B, C, dt) on Mamba-2
+    model.peft[name] = Affix(layers, m0.d_model, m0.in_proj.out_features, cfg.tokens, placement, cfg.projection,
+                             cfg.hidden)
 
 
 __all__ = ["AFFIX_PLACEMENTS", "PROMPT_PLACEMENTS", "Affix", "AffixConfig", "LayerAffix", "PrefixEncoder", "Prompt",

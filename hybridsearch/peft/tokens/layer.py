@@ -3,7 +3,8 @@
 Both use MambaPEFT's PrefixEncoder: without projection an ``Embedding(n, layers * per_layer * dim)``; with
 projection ``Embedding(n, dim) -> Linear(dim, hidden) -> Tanh -> Linear(hidden, layers * per_layer * dim)``.
 Prompt tokens live in the input embedding space and stay in the sequence through all layers. Affix tokens are
-inserted into each mixer's scan input (``inner``: in_proj output space, X and Z) or its input (``outer_*``:
+inserted into each mixer's scan input (``inner``: in_proj output space, X and Z; on Mamba-2 z, x, B, C and dt) or
+its input (``outer_*``:
 block input space, seen by in_proj) and their outputs are dropped, so the sequence keeps its length.
 """
 
@@ -120,8 +121,8 @@ class LayerAffix:
         return lambda xz: insert(xz, tokens, kind, dim=2)
 
     def prefix(self, direction: str) -> Tensor | None:
-        """The (n, 2E) tokens when they all precede the sequence in ``direction``'s scan order (single_prefix,
-        dual_prefix: inserted after the flip of the backward scan), else None."""
+        """The (n, in_proj output) tokens when they all precede the sequence in ``direction``'s scan order
+        (single_prefix, dual_prefix: inserted after the flip of the backward scan), else None."""
         if self.outer:
             return None
         tokens, kind = self._inner_tokens(direction)
@@ -132,12 +133,12 @@ class Affix(PeftModule):
     method = "affix"
     mergeable = False
 
-    def __init__(self, layers: list[int], d_model: int, d_inner: int, tokens: int, placement: str,
+    def __init__(self, layers: list[int], d_model: int, d_in_proj: int, tokens: int, placement: str,
                  projection: bool, hidden: int | None) -> None:
         super().__init__()
         self.layers, self.placement = layers, placement
         outer = placement.startswith("outer_")
-        self.dim = d_model if outer else 2 * d_inner
+        self.dim = d_model if outer else d_in_proj
         self.per_layer = 2 if "dual" in placement else 1
         self.encoder = PrefixEncoder(tokens, self.dim, len(layers), self.per_layer, projection, hidden)
 
