@@ -12,7 +12,7 @@ from hybridsearch import METHODS, PeftConfig, apply_peft
 from hybridsearch.data import commonsense as cs
 from hybridsearch.data.tokenizers import ByteTokenizer
 from hybridsearch.errors import TrialFailure
-from hybridsearch.models import MambaConfig, build
+from hybridsearch.models import Mamba2Config, MambaConfig, build
 from hybridsearch.training.lm import LMRecipe, _step, _tokenize, cutoff_for, lm_loss_sum, reference_lr, train_lm
 
 TOK = ByteTokenizer()
@@ -100,13 +100,19 @@ def test_non_finite_loss_is_a_trial_failure() -> None:
         train_lm(model, TOK, RECORDS, LMRecipe(**FAST))
 
 
-LM_METHODS = [n for n in METHODS.names() if "lm" in METHODS.get(n).kinds]
+TINY_MAMBA2 = Mamba2Config(d_model=32, n_layer=2, vocab_size=TINY_LM.vocab_size, d_state=8, headdim=8, chunk_size=8,
+                           pad_vocab_size_multiple=8)
+LM_METHODS = [(layer, n) for layer, cfg in (("mamba", TINY_LM), ("mamba2", TINY_MAMBA2))
+              for n in METHODS.names() if "lm" in METHODS.get(n).kinds
+              and all(build(cfg, device="meta").mixers[0].peft_part(p) for p in METHODS.get(n).parts)]
 
 
-@pytest.mark.parametrize("method", LM_METHODS)
-def test_every_lm_method_trains(method: str) -> None:
-    """One optimizer step moves the method's own tensors and nothing of the frozen base."""
-    model = apply_peft(tiny_lm(), {"methods": {method: {}}})
+@pytest.mark.parametrize(("layer", "method"), LM_METHODS, ids=[f"{a}-{b}" for a, b in LM_METHODS])
+def test_every_lm_method_trains(layer: str, method: str) -> None:
+    """One optimizer step of the LM trainer moves the method's own tensors and nothing of the frozen base, on the
+    Mamba-1 and the Mamba-2 LM."""
+    torch.manual_seed(0)
+    model = apply_peft(tiny_lm() if layer == "mamba" else build(TINY_MAMBA2), {"methods": {method: {}}})
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_lm(model, TOK, RECORDS[:2], LMRecipe(**{**FAST, "batch_size": 2, "lr": 1e-2, "max_steps": 1}))
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
