@@ -83,6 +83,12 @@ MODELS.register("mamba-proxy", ModelSpec(
     "4-layer byte-level Mamba LM (d 128, N 16, vocab 258 -> 264) pretrained on WordNet glosses; bundled",
     _asset("mamba-proxy", "hybridsearch pretrain mamba-proxy"),
 ))
+MODELS.register("mamba2-proxy", ModelSpec(
+    "lm", Mamba2Config(d_model=128, n_layer=4, vocab_size=258, d_state=32, headdim=32, pad_vocab_size_multiple=8),
+    "4-layer byte-level Mamba-2 LM (d 128, 8 heads of 32, N 32, vocab 258 -> 264) pretrained on WordNet glosses "
+    "like mamba-proxy; bundled",
+    _asset("mamba2-proxy", "hybridsearch pretrain mamba2-proxy"),
+))
 MODELS.register("mamba-130m", _lm(768, 24, "state-spaces/mamba-130m"))
 MODELS.register("mamba-370m", _lm(1024, 48, "state-spaces/mamba-370m"))
 MODELS.register("mamba-790m", _lm(1536, 48, "state-spaces/mamba-790m"))

@@ -1,4 +1,5 @@
-"""``mamba-proxy``: a byte-level 4-layer Mamba LM pretrained on WordNet glosses and examples.
+"""``mamba-proxy`` and ``mamba2-proxy``: byte-level 4-layer Mamba-1 and Mamba-2 LMs pretrained on WordNet glosses and
+examples, the same way (one recipe, one corpus, one loop; only the registered architecture differs).
 
 Corpus: one line per synset, ``lemma, lemma: definition; "example"`` (WordNet's own gloss layout), UTF-8 bytes
 plus EOS, synsets in a seeded order. The first ``heldout_synsets`` of that order are never trained on: the
@@ -20,12 +21,12 @@ import torch.nn.functional as F
 
 from ..data.tokenizers import ByteTokenizer
 from ..errors import TrialFailure
-from ..models import ASSETS, MODELS, MambaLM, build
+from ..models import ASSETS, MODELS, build
 from ..models.checkpoint import save_mamba
 from .wordnet import LICENSE_NOTICE, read_wordnet, synset_text
 
-MAMBA_PROXY = MODELS.get("mamba-proxy").config  # one definition: the registry's
-ASSET_DIR = ASSETS / "mamba-proxy"
+LM_PROXIES = ("mamba-proxy", "mamba2-proxy")  # the byte-level LMs this module pretrains (registered names)
+BUNDLED = "bundled"  # ``out``: the proxy's own bundled asset folder (ASSETS / name)
 
 
 @dataclass
@@ -61,7 +62,7 @@ def corpus(synsets, seed: int, heldout: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def stream_loss(model: MambaLM, stream: torch.Tensor, seq_len: int, windows: int, batch: int = 16) -> float:
+def stream_loss(model: torch.nn.Module, stream: torch.Tensor, seq_len: int, windows: int, batch: int = 16) -> float:
     """Mean next-byte cross-entropy (nats) over the first ``windows`` disjoint windows of ``stream``."""
     model.eval()
     n = min(windows, (len(stream) - 1) // (seq_len + 1))
@@ -81,13 +82,21 @@ def _lr(step: int, r: PretrainRecipe) -> float:
     return r.min_lr + (r.lr - r.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def pretrain_mamba_proxy(wordnet: str | Path | None = None, out: str | Path | None = ASSET_DIR,
-                         recipe: PretrainRecipe | None = None, log: Callable[[str], None] = print) -> dict:
-    """Train the proxy from scratch; save ``config.json`` + ``pytorch_model.bin`` to ``out`` (when given)."""
+def pretrain_mamba_proxy(wordnet: str | Path | None = None, out: str | Path | None = BUNDLED,
+                         recipe: PretrainRecipe | None = None, log: Callable[[str], None] = print,
+                         name: str = "mamba-proxy") -> dict:
+    """Train the proxy ``name`` (``LM_PROXIES``) from scratch; save ``config.json`` + ``pytorch_model.bin`` (the
+    mamba_ssm layout) to ``out``: a folder, ``BUNDLED`` (the proxy's own asset, never another proxy's) or None
+    (not saved)."""
+    if name not in LM_PROXIES:
+        raise ValueError(f"unknown LM proxy {name!r}; allowed: {', '.join(LM_PROXIES)}")
+    if isinstance(out, str) and out == BUNDLED:
+        out = ASSETS / name
+    arch = MODELS.get(name).config  # one definition: the registry's
     r = recipe or PretrainRecipe()
     torch.manual_seed(r.seed)
     train, heldout = corpus(read_wordnet(wordnet), r.seed, r.heldout_synsets)
-    model = build(MAMBA_PROXY)
+    model = build(arch)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("A_log")]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not n.endswith("A_log"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -113,7 +122,7 @@ def pretrain_mamba_proxy(wordnet: str | Path | None = None, out: str | Path | No
             log(f"step {step + 1}/{r.steps}: train loss {running:.3f} ({time.perf_counter() - start:.0f} s)")
     held = stream_loss(model, heldout, r.seq_len, r.heldout_windows)
     info = {
-        "model": "mamba-proxy", "architecture": MAMBA_PROXY.to_dict(), "tokenizer": "byte (ByteTokenizer, 258 ids)",
+        "model": name, "architecture": arch.to_dict(), "tokenizer": "byte (ByteTokenizer, 258 ids)",
         "params": sum(p.numel() for p in model.parameters()),
         "corpus": "WordNet 3.0 glosses and examples (Debian wordnet-base), one line per synset",
         "train_bytes": len(train), "seen_bytes": r.steps * r.batch_size * r.seq_len,
