@@ -229,3 +229,46 @@ def test_vim_export_loads_with_peft_model(tmp_path, with_embed):
     print(f"vim {'with' if with_embed else 'without'} LoRA(embed): relative error {_rel(got, want):.1e}")
     assert _rel(got, want) <= TOLERANCE
     assert "PeftModel.from_pretrained(hs.create_model" in (tmp_path / "hf" / "README.md").read_text()
+
+
+# -- Mamba-2: AutoPeftModelForCausalLM on transformers' Mamba2ForCausalLM ------------------------------------------
+MAMBA2_HYBRID = {  # every LoRA Mamba-2 has (in_proj's rows: PEFT; out_proj, DoRA, partial tuning: merged)
+    "lora_in_proj": {"rank": 2, "scale": 0.5}, "lora_X": {"rank": 2}, "lora_Z": {"rank": 2, "layers": [1]},
+    "lora_x_proj": {"rank": 2, "scale": 2.0}, "lora_d": {"rank": 1}, "lora_B": {"rank": 2}, "lora_C": {"rank": 3},
+    "lora_out_proj": {"rank": 2}, "lora_embed": {"rank": 2, "scale": 0.5}, "lora_dt": None,
+    "tune_A": {}, "tune_norm": {}, "tune_dt_bias": {"mode": "unfreeze"}, "sdt": {"channel_freeze": 0.5},
+}
+
+
+def _hf_mamba2_base(directory: Path) -> Path:
+    torch.manual_seed(0)
+    config = transformers.Mamba2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                       head_dim=8, num_heads=8, n_groups=2, expand=2, chunk_size=4, conv_kernel=4,
+                                       tie_word_embeddings=True)
+    transformers.Mamba2ForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def test_mamba2_export_loads_in_peft_and_reproduces_our_logits(tmp_path, monkeypatch):
+    methods = {k: v for k, v in MAMBA2_HYBRID.items() if v is not None}  # Mamba-2 has no dt_proj: no lora_dt
+    model = apply_peft(create_model(_hf_mamba2_base(tmp_path / "base")), {"methods": methods})
+    assert type(model).__name__ == "Mamba2LM"
+    end_warmup(model)
+    perturb_trainable(model, std=0.3)
+    x = tiny_input("lm")
+    with torch.no_grad():
+        want = model.eval()(x)[..., :100]
+    info = export_hf_peft(model, tmp_path / "hf")
+    assert info["adapter"] == ["lora_B", "lora_C", "lora_X", "lora_Z", "lora_d", "lora_embed", "lora_in_proj",
+                               "lora_x_proj"]
+    assert set(info["merged"]) == {"lora_out_proj", "tune_A", "tune_norm", "tune_dt_bias", "sdt"}
+    assert info["left_out"] == {}
+    assert info["config"]["rank_pattern"]["backbone.layers.1.mixer.in_proj"] == 2 + 2 + 2 + 2 + 1 + 2 + 3
+    peft_model = _peft_lm(tmp_path / "hf", monkeypatch)
+    assert type(peft_model.base_model.model).__name__ == "Mamba2ForCausalLM"
+    with torch.no_grad():
+        got = peft_model(input_ids=x).logits
+        with peft_model.disable_adapter():
+            alone = peft_model(input_ids=x).logits
+    print(f"mamba2: relative error {_rel(got, want):.1e}; without the adapter {_rel(alone, want):.1e}")
+    assert _rel(got, want) <= TOLERANCE < _rel(alone, want) / 100
