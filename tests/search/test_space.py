@@ -80,10 +80,10 @@ def run_trials(space, n: int, sampler=None, objective=None, **sample_kw) -> optu
 
 # -- bundled spaces -----------------------------------------------------------------------------------------------
 def test_bundled_list():
-    assert {"mini_vtab", "vim_vtab", "mamba_commonsense", "tiny_debug"} <= set(bundled_spaces())
+    assert {"mini_vtab", "vim_vtab", "mamba_commonsense", "mamba2_commonsense", "tiny_debug"} <= set(bundled_spaces())
 
 
-@pytest.mark.parametrize("name", ["mini_vtab", "tiny_debug", "mamba_commonsense", "vim_vtab"])
+@pytest.mark.parametrize("name", ["mini_vtab", "tiny_debug", "mamba_commonsense", "mamba2_commonsense", "vim_vtab"])
 def test_bundled_space_loads_validates_and_round_trips(name):
     space = load_space(name)
     assert load_space(f"{name}.yaml").space_hash() == space.space_hash()
