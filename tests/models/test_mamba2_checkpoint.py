@@ -147,17 +147,17 @@ def test_the_state_spaces_config_is_the_registered_model(tmp_path):
     assert count_config(str(tmp_path), {})["base"] == 128_989_632  # config.json only: there are no weights
 
 
-# -- PEFT: what applies to Mamba-2 yet --------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["lora_X", "additional_scan", "tune_A", "affix", "parallel_adapter"])
-def test_mixer_methods_are_refused_in_one_line_and_change_nothing(method):
+# -- PEFT: what Mamba-2 has no part for ----------------------------------------------------------------------------
+def test_a_method_without_its_part_is_refused_in_one_line_and_changes_nothing():
+    """Every method applies to Mamba-2 (tests/peft) but LoRA(dt_proj): Mamba-2 makes dt in in_proj."""
     model = build(TINY)
     with pytest.raises(ConfigError) as e:
-        apply_peft(model, {"methods": {"prompt": {}, method: {}}})
-    assert str(e.value) == (f"methods.{method}: not available for Mamba-2 models yet; allowed there: prompt, "
-                            "lora_embed")
+        apply_peft(model, {"methods": {"prompt": {}, "lora_dt": {}}})
+    assert str(e.value).startswith("methods.lora_dt: this model's Mamba2 mixer has no dt_proj; allowed there: ")
+    assert "lora_d," in str(e.value) and "lora_dt" not in str(e.value).split("allowed there: ")[1]
     assert all(p.requires_grad for p in model.parameters()) and getattr(model, "peft_config", None) is None
-    with pytest.raises(ConfigError, match=f"methods.{method}: not available for Mamba-2"):
-        count_config("mamba2-130m", {"methods": {method: {}}})
+    with pytest.raises(ConfigError, match="methods.lora_dt: this model's Mamba2 mixer has no dt_proj"):
+        count_config("mamba2-130m", {"methods": {"lora_dt": {}}})
 
 
 def test_prompt_and_lora_embed_apply_train_and_reload(tmp_path):
