@@ -2,9 +2,9 @@
 
 The space, its hash, the target number of finished trials, the training seed and the data root are study
 attributes, so ``resume`` needs only the study name and storage. Here: opening (or creating) and seeding a study
-(its start-up queue: startup.py), counting the trials toward the target (``final`` re-trainings included), the heartbeat of running trials, recovering
-trials whose worker died (FAIL, then re-queued with the same parameters and seed), and a worker's trial
-objective with its data loaded once per process.
+(its start-up queue: startup.py), counting the trials toward the target (``final`` re-trainings included), the
+heartbeat of running trials, recovering trials whose worker died (FAIL, then re-queued with the same parameters
+and seed), and a worker's trial objective with its data loaded once per process.
 """
 
 from __future__ import annotations

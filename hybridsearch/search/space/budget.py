@@ -178,15 +178,17 @@ def _counted(space: SearchSpace, methods: dict, what: str, err: Errors) -> dict[
 
 
 def _method_extremes(space: SearchSpace, ms: MethodSpace, err: Errors) -> tuple[dict | None, dict | None]:
-    """(smallest, largest) settings of one method by exact counts (categorical values tried one at a time;
-    int and float ranges at their ends). ``None`` when the method is off at that end (every group rank 0)."""
+    """(smallest, largest) settings of one method by exact counts, one parameter at a time: each categorical
+    value and both ends of each int or float range are counted (a range need not grow the count: sdt's freeze
+    ratios shrink it). ``None`` when the method is off at that end (every group rank 0)."""
     path = f"methods.{ms.name}"
     out: list[dict | None] = []
     for pick, end in ((min, 0), (max, -1)):
         base = {f: _end(p, end) for f, p in ms.params.items()}
         for f, p in ms.params.items():
-            if isinstance(p, CategoricalParam) and len(p.choices) > 1:
-                scored = [(n, c) for c in p.choices
+            tried = _ends(p)
+            if len(tried) > 1:
+                scored = [(n, c) for c in tried
                           if (n := _score(space, ms, {**base, f: c}, f"{path}.params.{f}", err, c)) is not None]
                 if scored:
                     base[f] = pick(scored, key=lambda t: t[0])[1]
@@ -200,6 +202,14 @@ def _method_extremes(space: SearchSpace, ms: MethodSpace, err: Errors) -> tuple[
 def _end(p: Param, end: int) -> Any:
     c = p.candidates()
     return c[end] if isinstance(p, (IntParam, FloatParam)) else c[0]
+
+
+def _ends(p: Param) -> list[Any]:
+    """The values counted for one parameter: every categorical choice, or a range's two ends."""
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    c = p.candidates()
+    return [c[0], c[-1]] if isinstance(p, (IntParam, FloatParam)) and c[0] != c[-1] else [c[0]]
 
 
 def _with_groups(ms: MethodSpace, base: dict, end: int) -> dict | None:
