@@ -21,14 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...models.hooks import PeftModule
 from .config import SdtConfig, kept
+from .layer import Warmup
 
 
-class SparseHeads(PeftModule):
-    method = "sdt"
-    mergeable = True
-    transient = frozenset({"warm"})
+class SparseHeads(Warmup):
 
     def __init__(self, mixer: nn.Module, cfg: SdtConfig) -> None:
         super().__init__()
@@ -48,21 +45,8 @@ class SparseHeads(PeftModule):
         self.steps, self.selected = 0, False
         self.no_decay: set[str] = set()
 
-    # -- the lifecycle (as SparseDimensions) ------------------------------------------------------------------------
-    def after_optimizer_step(self, last: bool) -> None:
-        if self.selected:
-            return
-        self.steps += 1
-        if self.steps >= self.warmup_steps or last:
-            self.end_warmup()
-
-    def warmup_left(self) -> int:
-        return 0 if self.selected else self.warmup_steps - self.steps
-
     @torch.no_grad()
-    def end_warmup(self) -> None:
-        if self.selected:
-            return
+    def _select(self) -> None:
         a = self.warm["A_log"].detach().float().square()
         # stable: ties (an untrained warm-up) resolve to the lowest index, the same on every run
         self.heads_f.copy_(torch.argsort(a, descending=True, stable=True)[: self.heads_f.shape[0]].sort().values)
@@ -72,18 +56,6 @@ class SparseHeads(PeftModule):
         self.states_f.copy_(torch.argsort(score, dim=1, descending=True, stable=True)[:, :ks].sort(1).values)
         if "A_log" in self.targets:
             self.values["A_log_f"].copy_(self.warm["A_log"][self.heads_f])
-        self._freeze_warm()
-
-    def after_load(self) -> None:
-        with torch.no_grad():
-            self._freeze_warm()
-
-    def _freeze_warm(self) -> None:
-        for w in self.warm.values():
-            w.zero_()
-            w.requires_grad_(False)
-            w.grad = None
-        self.selected = True
 
     # -- the hook and the merge ------------------------------------------------------------------------------------
     def _row_index(self, t: str) -> Tensor:

@@ -27,10 +27,50 @@ from ...models.hooks import PeftModule
 from .config import SdtConfig, kept
 
 
-class SparseDimensions(PeftModule):
+class Warmup(PeftModule):
+    """SDT's lifecycle on either layer: ``warm`` trains for ``warmup_steps`` optimizer steps, then ``_select``
+    (the layer's own ranking) fixes the kept entries and ``warm`` is zeroed and frozen for good."""
+
     method = "sdt"
     mergeable = True
     transient = frozenset({"warm"})
+    warm: nn.ParameterDict
+    warmup_steps: int
+    steps: int
+    selected: bool
+
+    def _select(self) -> None:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, last: bool) -> None:
+        if self.selected:
+            return
+        self.steps += 1
+        if self.steps >= self.warmup_steps or last:
+            self.end_warmup()
+
+    def warmup_left(self) -> int:
+        return 0 if self.selected else self.warmup_steps - self.steps
+
+    @torch.no_grad()
+    def end_warmup(self) -> None:
+        if not self.selected:
+            self._select()
+            self._freeze_warm()
+
+    def after_load(self) -> None:
+        with torch.no_grad():
+            self._freeze_warm()
+
+    def _freeze_warm(self) -> None:
+        for w in self.warm.values():
+            w.zero_()
+            w.requires_grad_(False)
+            w.grad = None
+        self.selected = True
+
+
+class SparseDimensions(Warmup):
 
     def __init__(self, A_log: dict[str, Tensor], dt_rank: int, cfg: SdtConfig) -> None:
         super().__init__()
@@ -48,21 +88,8 @@ class SparseDimensions(PeftModule):
         self.steps, self.selected = 0, False
         self.no_decay: set[str] = set()
 
-    # -- the lifecycle ------------------------------------------------------------------------------------------
-    def after_optimizer_step(self, last: bool) -> None:
-        if self.selected:
-            return
-        self.steps += 1
-        if self.steps >= self.warmup_steps or last:
-            self.end_warmup()
-
-    def warmup_left(self) -> int:
-        return 0 if self.selected else self.warmup_steps - self.steps
-
     @torch.no_grad()
-    def end_warmup(self) -> None:
-        if self.selected:
-            return
+    def _select(self) -> None:
         for d, w in self.warm.items():
             ch, st = getattr(self, f"channels_{d}"), getattr(self, f"states_{d}")
             score = w.detach().float().square()
@@ -72,18 +99,6 @@ class SparseDimensions(PeftModule):
             st.copy_(torch.argsort(score[top], dim=1, descending=True, stable=True)[:, : st.shape[1]].sort(1).values)
             if "A_log" in self.targets:
                 self.values[f"A_log_{d}"].copy_(w[ch[:, None], st])
-        self._freeze_warm()
-
-    def after_load(self) -> None:
-        with torch.no_grad():
-            self._freeze_warm()
-
-    def _freeze_warm(self) -> None:
-        for w in self.warm.values():
-            w.zero_()
-            w.requires_grad_(False)
-            w.grad = None
-        self.selected = True
 
     # -- the hook and the merge ------------------------------------------------------------------------------------
     def _parts(self, target: str, direction: str) -> list[tuple[tuple[Tensor, Tensor], str]]:
