@@ -54,19 +54,29 @@ def export(study: Any, space: Any, args: argparse.Namespace, wall: float | None)
     from hybridsearch.search.study import _live
 
     configs: dict[int, dict[str, Any]] = {}
-    trials = _live(study.get_trials(deepcopy=False))
+    every = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in every}
+
+    def queued(t: Any) -> dict[str, Any]:
+        """The table attributes the trial was queued with: a retry of a trial lost to a dead worker carries only
+        ``retry_of``, so follow it back to the queued trial."""
+        while "table_config" not in t.user_attrs and t.user_attrs.get("retry_of") in by_number:
+            t = by_number[t.user_attrs["retry_of"]]
+        return t.user_attrs
+
+    trials = _live(every)
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state != TrialState.COMPLETE or "table_config" not in t.user_attrs:
+        if t.state != TrialState.COMPLETE or "table_config" not in (q := queued(t)):
             continue
-        i = int(t.user_attrs["table_config"])
-        c = configs.setdefault(i, {"config": i, "role": t.user_attrs["role"], "params": t.params,
+        i = int(q["table_config"])
+        c = configs.setdefault(i, {"config": i, "role": q["role"], "params": t.params,
                                    "trainable": t.user_attrs["trainable"], "runs": []})
         timings = t.user_attrs.get("timings", {})
         c["runs"].append({"seed": t.user_attrs["seed"],
                           "curve": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
                           "seconds": timings.get("total"),
                           "task_seconds": {k: v for k, v in timings.items() if k != "total"}})
-    failed = [{"trial": t.number, "config": t.user_attrs.get("table_config"), "failure": t.user_attrs.get("failure")}
+    failed = [{"trial": t.number, "config": queued(t).get("table_config"), "failure": t.user_attrs.get("failure")}
               for t in trials if t.state == TrialState.FAIL]
     import optuna
     import torch
