@@ -1,8 +1,17 @@
 """hybridsearch: hybrid parameter-efficient fine-tuning search for Mamba and Vision Mamba."""
 
-from ._version import __version__
-from .models import MODELS, create_model
-from .peft import (
+from pathlib import Path as _Path
+
+# The owner's layout keeps kernels/ (and search_spaces/) beside this package; an install maps them to
+# hybridsearch.kernels (pyproject's package-dir). Imported straight from a source checkout (no install, or the
+# checkout shadowing a non-editable one), the same mapping holds by looking for subpackages there too.
+_ROOT = _Path(__file__).resolve().parent.parent
+if not (_ROOT / "hybridsearch" / "kernels").exists() and (_ROOT / "kernels" / "__init__.py").is_file():
+    __path__.append(str(_ROOT))  # noqa: F821 (the package's own __path__)
+
+from ._version import __version__  # noqa: E402
+from .models import MODELS, create_model  # noqa: E402
+from .peft import (  # noqa: E402
     METHODS,
     PeftConfig,
     apply_peft,

@@ -136,3 +136,19 @@ def test_every_source_folder_is_a_package():
         for d in [base, *[p for p in base.rglob("*") if p.is_dir()]]:
             if any(d.glob("*.py")):
                 assert (d / "__init__.py").is_file(), f"{d.relative_to(ROOT)} has modules but no __init__.py"
+
+
+def test_a_source_checkout_imports_without_an_install() -> None:
+    """Without site's .pth files (so no editable-install finder), the checkout alone resolves hybridsearch.kernels
+    and hybridsearch.search_spaces from the root folders, as pyproject maps them."""
+    import site
+    import subprocess
+    import sys
+
+    code = ("import hybridsearch, hybridsearch.kernels as k, hybridsearch.search_spaces as s; "
+            "print(k.__file__); print(s.__file__)")
+    env = {"PYTHONPATH": f"{ROOT}:{site.getsitepackages()[0]}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(ROOT / "kernels" / "__init__.py"), str(ROOT / "search_spaces" / "__init__.py")]
