@@ -29,6 +29,7 @@ from ..kernels import causal_conv1d, linear, resolve_backend
 from ..kernels.ssd import ssd_scan
 from .hooks import AffixHook, Part, add_branches, effective, summed
 from .layers import Block, RMSNorm
+from .mamba_lm import LMHeadModel
 
 NO_LIMIT = (0.0, math.inf)
 
@@ -300,10 +301,8 @@ class Mamba2Backbone(nn.Module):
         self.norm_f = RMSNorm(cfg.d_model, cfg.eps)
 
 
-class Mamba2LM(nn.Module):
+class Mamba2LM(LMHeadModel):
     """token ids (B, L) -> logits (B, L, padded vocab); mamba_ssm's ``MambaLMHeadModel`` with Mamba-2 layers."""
-
-    kind = "lm"  # trains, evaluates and deploys on the Mamba LM paths
 
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
@@ -313,43 +312,7 @@ class Mamba2LM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
         self.peft = nn.ModuleDict()
-        if not self.lm_head.weight.is_meta:  # mamba_ssm's _init_weights
-            nn.init.normal_(self.backbone.embedding.weight, std=0.02)
-            for layer in self.backbone.layers:
-                nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
-                with torch.no_grad():
-                    layer.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
-                for lin in (layer.mixer.in_proj, layer.mixer.out_proj):
-                    if lin.bias is not None:
-                        nn.init.zeros_(lin.bias)
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.backbone.layers
-
-    @property
-    def mixers(self) -> list[Mamba2]:
-        return [layer.mixer for layer in self.backbone.layers]
-
-    def forward_hidden(self, input_ids: Tensor) -> Tensor:
-        """input_ids (B, L) -> final hidden states (B, L, D) of the real tokens."""
-        w = effective(self, "embedding.weight", self.backbone.embedding.weight)
-        x = add_branches(self, "embedding", input_ids, F.embedding(input_ids, w))
-        keep = torch.arange(x.shape[1], device=x.device)
-        affixes: dict[int, AffixHook] = {}
-        for m in self.peft.values():
-            x, keep = m.extend_sequence(x, keep)
-            affixes.update(m.layer_affixes() or {})
-        hidden, residual = x, None
-        for i, layer in enumerate(self.backbone.layers):
-            hidden, residual = layer(hidden, residual, affix=affixes.get(i))
-        residual = residual + hidden
-        hidden = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
-        return hidden[:, keep]
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """input_ids (B, L) -> logits (B, L, padded vocab)."""
-        return self.lm_head(self.forward_hidden(input_ids))
+        self._init_weights(cfg.n_layer)
 
 
 __all__ = ["NO_LIMIT", "Mamba2", "Mamba2Config", "Mamba2LM", "RMSNormGated"]
