@@ -4,12 +4,12 @@
 // no ninja, no Python headers, independent of torch's C++ ABI) and called through ctypes with raw pointers and
 // element strides. See docs/kernels.md for what is fused.
 //
-// Work split: one task is (sequence b, group g, part p), where a part is up to `part` blocks of W = 16 channels
-// of the group. A block's fp32 state tile h[N] (16 channels each) stays in L1 while the task walks L in chunks
-// of `chunk` positions; every per-element step is one pass: softplus(delta + bias), exp(delta A), the update,
-// C . h, the D skip and the z gate. The partition never depends on the thread count, every task writes its
-// own outputs and partial sums, and the partials are summed afterwards in a fixed order: results are bitwise
-// identical for any number of threads.
+// Work split: one task is (sequence b, group g, part p), where a part is up to `part` blocks of W channels of
+// the group (W = 16 with AVX-512, 8 with AVX2). A block's fp32 state tile h[N] (W channels each) stays in L1
+// while the task walks L in chunks of `chunk` positions; every per-element step is one pass: softplus(delta +
+// bias), exp(delta A), the update, C . h, the D skip and the z gate. The partition never depends on the thread
+// count, every task writes its own outputs and partial sums, and the partials are summed afterwards in a fixed
+// order: results are bitwise identical for any number of threads.
 //
 // Backward: the forward saves the state entering every chunk; the backward walks the chunks last to first,
 // recomputes the chunk's states (and exp(delta A)) from that checkpoint, then runs the reverse recurrence.
@@ -24,7 +24,16 @@
 
 namespace {
 
-constexpr int W = 16;  // channels per vector: one AVX-512 register of fp32 (two AVX2 ones elsewhere)
+// Channels per vector: one register of fp32 of what the build targets (-march=native). A wider generic vector
+// than the target's registers is not split into registers but expanded piecewise, much of it lane by lane: on
+// an AVX2 machine W = 16 ran 9x slower than W = 8 (measured, docs/kernels.md).
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#elif defined(__AVX2__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;  // SSE2, NEON: 128-bit registers
+#endif
 typedef float vf __attribute__((vector_size(W * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 
@@ -303,12 +312,13 @@ inline float hsum(vf v) {  // fixed pairwise order
   return s[0];
 }
 
-// out[e] = sum of the lanes of v[e], e < n: 16 sums at a time by a shuffle butterfly (4 levels, each halving
+// out[e] = sum of the lanes of v[e], e < n: W sums at a time by a shuffle butterfly (log2 W levels, each halving
 // every partial sum), the rest one by one. The order of additions is fixed either way.
 void hsums(const vf* v, int64_t n, float* out) {
   int64_t e = 0;
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
 #define HS_FOLD(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
+#if defined(__AVX512F__)
   for (; e + 16 <= n; e += 16) {
     const vf* x = v + e;
     vf l1[8], l2[4], l3[2];
@@ -325,6 +335,20 @@ void hsums(const vf* v, int64_t n, float* out) {
            HS_FOLD(l3[0], l3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     std::memcpy(out + e, &r, sizeof(r));
   }
+#elif defined(__AVX2__)
+  for (; e + 8 <= n; e += 8) {
+    const vf* x = v + e;
+    vf l1[4], l2[2];
+    for (int i = 0; i < 4; ++i)
+      l1[i] = HS_FOLD(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+              HS_FOLD(x[2 * i], x[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int i = 0; i < 2; ++i)
+      l2[i] = HS_FOLD(l1[2 * i], l1[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+              HS_FOLD(l1[2 * i], l1[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    vf r = HS_FOLD(l2[0], l2[1], 0, 2, 4, 6, 8, 10, 12, 14) + HS_FOLD(l2[0], l2[1], 1, 3, 5, 7, 9, 11, 13, 15);
+    std::memcpy(out + e, &r, sizeof(r));
+  }
+#endif
 #undef HS_FOLD
 #endif
   for (; e < n; ++e) out[e] = hsum(v[e]);
@@ -729,6 +753,8 @@ void parallel_conv(const ConvArgs& a, F fn) {
 extern "C" {
 
 int64_t hs_scan_abi_version() { return 1; }
+
+int64_t hs_scan_vector_width() { return W; }  // fp32 lanes per vector in this build
 
 int hs_conv_forward(const ConvArgs* a) {
   try {

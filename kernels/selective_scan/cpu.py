@@ -38,8 +38,7 @@ from hybridsearch.errors import HybridSearchError
 SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-pthread")
 _ABI = 1  # hs_scan_abi_version() of a library this wrapper can drive
-_W = 16  # channels per vector in the kernel
-_PART = 8  # channel blocks (of _W) per task: fewer horizontal sums for dB / dC, enough tasks to share out
+_PART = 8  # vector blocks per task: fewer horizontal sums for dB / dC, enough tasks to share out
 _DTYPES = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
@@ -150,7 +149,7 @@ class _FileLock:
 
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    lib.hs_scan_abi_version.restype = ctypes.c_int64
+    lib.hs_scan_abi_version.restype = lib.hs_scan_vector_width.restype = ctypes.c_int64
     if lib.hs_scan_abi_version() != _ABI:
         raise CpuScanUnavailable(f"{path} has ABI {lib.hs_scan_abi_version()}, expected {_ABI}")
     for fn, arg, res in (("hs_scan_ckpt_size", _Args, ctypes.c_int64), ("hs_scan_forward", _Args, ctypes.c_int),
@@ -176,6 +175,12 @@ def library() -> ctypes.CDLL:
             raise CpuScanUnavailable(msg) from None
         _state["lib"] = lib
         return lib
+
+
+def vector_width() -> int:
+    """fp32 lanes per vector of the built kernel: 16 with AVX-512, 8 with AVX2, else 4 (the build's target is
+    this machine's CPU)."""
+    return int(library().hs_scan_vector_width())
 
 
 def available() -> bool:
@@ -406,4 +411,4 @@ def selective_scan_cpu(
 
 
 __all__ = ["ConvArgs", "CpuScanUnavailable", "ScanBackendWarning", "available", "cache_dir", "empty_like_layout",
-           "library", "ptr", "selective_scan_cpu", "targ"]
+           "library", "ptr", "selective_scan_cpu", "targ", "vector_width"]

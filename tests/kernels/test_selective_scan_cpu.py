@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -306,6 +307,37 @@ def test_concurrent_processes_build_once_and_reuse_it(tmp_path):
     proc = _python(SCAN_ONCE, env)  # a later process loads it as it is
     assert proc.returncode == 0 and proc.stdout.strip() == "True"
     assert built[0].stat().st_mtime_ns == mtime
+
+
+def _x86_flags() -> set[str]:
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+# The vector width follows the build's target (-march=native): each width this CPU can run, built for it here.
+WIDTH_FLAGS = {16: ("-mavx512f", "-mavx512dq", "-mavx2", "-mfma"), 8: ("-mavx2", "-mfma"), 4: ()}
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 vector extensions")
+@pytest.mark.parametrize("width", sorted(WIDTH_FLAGS), ids=lambda w: f"W{w}")
+def test_every_vector_width_matches_float64(width, tmp_path, monkeypatch):
+    need = {16: "avx512f", 8: "avx2"}.get(width)
+    if need and need not in _x86_flags():
+        pytest.skip(f"this CPU has no {need}")
+    so = tmp_path / f"scan-w{width}.so"
+    flags = [f for f in cpu.FLAGS if f != "-march=native"] + ["-march=x86-64", *WIDTH_FLAGS[width]]
+    subprocess.run([cpu._compiler(), *flags, "-o", str(so), str(cpu.SOURCE)], check=True, capture_output=True)
+    lib = cpu._load(so)
+    assert lib.hs_scan_vector_width() == width
+    monkeypatch.setitem(cpu._state, "lib", lib)
+    for L, N, groups, opts, reverse in [(33, 22, 0, OPTS, False), (130, 4, 2, OPTS, True), (7, 16, 0, (), True)]:
+        check(L, N, groups, opts, reverse, dim=40, layout="model" if reverse else "contiguous")
+    check(17, 8, 0, OPTS, False, dtype=torch.bfloat16)
+    test_conv_matches_float64(3, 40, 17, 4, True, True, "model")
 
 
 # ---- the conv ---------------------------------------------------------------------------------------------------
