@@ -15,15 +15,21 @@ the space ``benchmarks/beyond/<domain>.yaml``:
 
 Scores are the mean accuracy over the space's tasks. Every study lives in ``--storage``, every test score is
 cached in ``--out``/<domain>.json as soon as it exists: a killed run continues where it stopped. Prints JSON.
+``--part`` runs one part only (``single``, ``mambapeft`` or ``with_later``), so that processes on several cores
+share the work: they share the storage and the cache (merged under a lock on every save); the JSON is printed by
+whichever finds every part done.
 
 Usage: python benchmarks/bench_beyond_mambapeft.py --domain vision [--seeds 0,1,2] [--single-trials 6]
        [--search-trials 16] [--test-epochs N] [--storage runs/beyond.journal] [--out runs/beyond] [--smoke]
+       [--part single|mambapeft|with_later]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import platform
@@ -37,6 +43,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 LATER = ("sdt", "state_offset", "output_offset", "init_state")
 BEST_SINGLE = {"vision": "tune_conv1d", "language": "additional_scan"}
+PARTS = ("single", "mambapeft", "with_later")
 
 
 def space_variant(base: dict, name: str, methods: list[str], trials: int, folder: Path, alone: bool) -> Path:
@@ -109,8 +116,12 @@ def main() -> None:
                     help="epochs of the final training before the test (default: the search's fidelity)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="1 trial, 1 seed, 1 epoch: checks the script runs")
+    ap.add_argument("--part", choices=PARTS, default=None, help="run this part only (default: all)")
     args = ap.parse_args()
 
+    # the engine gives each worker its share of the cores unless OMP_NUM_THREADS says otherwise: several
+    # --part processes side by side must not each take every core
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import optuna
     import torch
 
@@ -127,24 +138,36 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / f"{args.domain}{'-smoke' if args.smoke else ''}.json"
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache: dict[str, Any] = {}
     tag = f"{args.domain}{'-smoke' if args.smoke else ''}"
 
-    def save() -> None:
-        cache_path.write_text(json.dumps(cache, indent=2) + "\n")
+    @contextlib.contextmanager
+    def locked_cache() -> Any:
+        """The cache as on disk, merged into ``cache``, under an exclusive lock (other --part processes)."""
+        with open(cache_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cache_path.is_file():
+                cache.update(json.loads(cache_path.read_text()))
+            yield
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=2) + "\n")
+            tmp.replace(cache_path)
 
     def cached(key: str, fn: Any) -> Any:
+        with locked_cache():
+            pass
         if key not in cache:
-            cache[key] = fn()
-            save()
-            print(f"{key}: {json.dumps(cache[key])[:300]}", flush=True)
+            value = fn()
+            with locked_cache():
+                cache[key] = value
+            print(f"{key}: {json.dumps(value)[:300]}", flush=True)
         return cache[key]
 
     mamba_peft = [m for m in base["methods"] if m not in LATER]
     best = args.best_single or BEST_SINGLE[args.domain]
     t0 = time.perf_counter()
     # -- each method alone, tuned with the same number of trials ---------------------------------------------
-    for method in [best, *LATER]:
+    for method in [best, *LATER] if args.part in (None, "single") else []:
         path = space_variant(base, f"{tag}.single.{method}", [method], single_trials, out, alone=True)
         study_name = f"{tag}.single.{method}"
 
@@ -158,6 +181,8 @@ def main() -> None:
                    lambda study=study, seed=seed: test_score(study, seed, args.data_root, args.test_epochs, limit))
     # -- the hybrid search, with and without the later methods ------------------------------------------------
     for variant, methods in (("mambapeft", mamba_peft), ("with_later", list(base["methods"]))):
+        if args.part not in (None, variant):
+            continue
         path = space_variant(base, f"{tag}.search.{variant}", methods, search_trials, out, alone=False)
         for seed in seeds:
             study_name = f"{tag}.search.{variant}.s{seed}"
@@ -167,6 +192,13 @@ def main() -> None:
             study = optuna.load_study(study_name=study_name, storage=_storage(args.storage))
             cached(f"search/{variant}/{seed}/test",
                    lambda study=study, seed=seed: test_score(study, seed, args.data_root, args.test_epochs, limit))
+    with locked_cache():
+        pass
+    wanted = [f"single/{m}/test/{s}" for m in [best, *LATER] for s in seeds]
+    wanted += [f"search/{v}/{s}/test" for v in PARTS[1:] for s in seeds]
+    if missing := [k for k in wanted if k not in cache]:
+        print(json.dumps({"done": args.part, "missing": missing}))
+        return
     result = {
         "domain": args.domain, "seeds": seeds, "single_trials": single_trials, "search_trials": search_trials,
         "single": {m: {"test": summary([cache[f"single/{m}/test/{s}"]["test"] for s in seeds]),
