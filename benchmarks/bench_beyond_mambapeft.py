@@ -14,7 +14,9 @@ the space ``benchmarks/beyond/<domain>.yaml``:
   once on test.
 
 Scores are the mean accuracy over the space's tasks. Every study lives in ``--storage``, every test score is
-cached in ``--out``/<domain>.json as soon as it exists: a killed run continues where it stopped. Prints JSON.
+cached in ``--out``/<domain>.json as soon as it exists: a killed run continues where it stopped, and a copy of
+the cache alone (without the storage) resumes on another machine, losing only the studies still running.
+Prints JSON.
 ``--part`` runs one part only (``single``, ``mambapeft`` or ``with_later``), so that processes on several cores
 share the work: they share the storage and the cache (merged under a lock on every save); the JSON is printed by
 whichever finds every part done.
@@ -163,6 +165,9 @@ def main() -> None:
             print(f"{key}: {json.dumps(value)[:300]}", flush=True)
         return cache[key]
 
+    def load(study_name: str) -> Any:  # only for a test not cached yet: a cache alone resumes without the storage
+        return optuna.load_study(study_name=study_name, storage=_storage(args.storage))
+
     mamba_peft = [m for m in base["methods"] if m not in LATER]
     best = args.best_single or BEST_SINGLE[args.domain]
     t0 = time.perf_counter()
@@ -175,10 +180,10 @@ def main() -> None:
             return run_study(path, study_name, args.storage, 0, args.data_root)[1]
 
         cached(f"single/{method}/study", tune)
-        study = optuna.load_study(study_name=study_name, storage=_storage(args.storage))
         for seed in seeds:
             cached(f"single/{method}/test/{seed}",
-                   lambda study=study, seed=seed: test_score(study, seed, args.data_root, args.test_epochs, limit))
+                   lambda study_name=study_name, seed=seed: test_score(load(study_name), seed, args.data_root,
+                                                                       args.test_epochs, limit))
     # -- the hybrid search, with and without the later methods ------------------------------------------------
     for variant, methods in (("mambapeft", mamba_peft), ("with_later", list(base["methods"]))):
         if args.part not in (None, variant):
@@ -189,9 +194,9 @@ def main() -> None:
             cached(f"search/{variant}/{seed}/study",
                    lambda path=path, study_name=study_name, seed=seed: run_study(path, study_name, args.storage, seed,
                                                                                args.data_root)[1])
-            study = optuna.load_study(study_name=study_name, storage=_storage(args.storage))
             cached(f"search/{variant}/{seed}/test",
-                   lambda study=study, seed=seed: test_score(study, seed, args.data_root, args.test_epochs, limit))
+                   lambda study_name=study_name, seed=seed: test_score(load(study_name), seed, args.data_root,
+                                                                       args.test_epochs, limit))
     with locked_cache():
         pass
     wanted = [f"single/{m}/test/{s}" for m in [best, *LATER] for s in seeds]
