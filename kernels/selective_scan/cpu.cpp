@@ -26,7 +26,7 @@ namespace {
 
 // Channels per vector: one register of fp32 of what the build targets (-march=native). A wider generic vector
 // than the target's registers is not split into registers but expanded piecewise, much of it lane by lane: on
-// an AVX2 machine W = 16 ran 9x slower than W = 8 (measured, docs/kernels.md).
+// an AVX2 machine W = 16 made the forward 4-5x slower than W = 8 (measured, docs/kernels.md).
 #if defined(__AVX512F__)
 constexpr int W = 16;
 #elif defined(__AVX2__)

@@ -234,7 +234,7 @@ def ptr(t: Tensor | None) -> int | None:
 
 
 def _chunk(N: int) -> int:
-    """Positions per checkpoint chunk: the backward's per-chunk buffers (about 4 x chunk x N x 64 bytes) stay
+    """Positions per checkpoint chunk: the backward's per-chunk buffers (about 4 x chunk x N vectors of W fp32) stay
     in L2."""
     return min(128, max(8, 512 // max(N, 1)))
 
