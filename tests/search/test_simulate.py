@@ -118,7 +118,7 @@ def test_simulate_runs_the_start_up_budget_pruner_and_final(space, table):
     import dataclasses
 
     obj = TableObjective(table, space, trees=50)
-    space = dataclasses.replace(space, baselines_last=False, startup=None)  # baselines first
+    space = dataclasses.replace(space, baselines=True, baselines_last=False, startup=None)  # baselines first
     sim = simulate(space, obj, budget=200, seed=0)
     search = [e for e in sim.events if e.final_of is None]
     assert [e.baseline for e in search[:12]] == list(space.baseline_params())  # baselines first, as queued
@@ -166,7 +166,7 @@ def test_simulate_keeps_the_share_of_last_baselines_then_extends(space, table):
     from hybridsearch.search.space.schema import StartupSpec
 
     obj = TableObjective(table, space, trees=30)
-    last = dataclasses.replace(space, baselines_last=True, startup=StartupSpec(4))
+    last = dataclasses.replace(space, baselines=True, baselines_last=True, startup=StartupSpec(4))
     sim = simulate(last, obj, budget=200, seed=0, extend_to=320)
     kinds = ["b" if e.baseline else "s" for e in sim.events]
     first, end = kinds.index("b"), len(kinds) - kinds[::-1].index("b")
