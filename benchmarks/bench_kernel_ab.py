@@ -1,0 +1,128 @@
+"""The cpu scan kernel against another version of its source, alternated in one process: prints JSON.
+
+    python benchmarks/bench_kernel_ab.py --against HEAD~1 [--repeats 20] [--threads 1]
+
+Builds ``kernels/selective_scan/cpu.cpp`` as it is in the work tree (B) and as it was at ``--against`` (A, any
+git revision, or a file path), then times the scan (forward; forward + backward) and vim-proxy training steps with
+A and B in turn, repeat after repeat. On a shared machine whose speed drifts by tens of percent within minutes,
+alternating in one process is what makes a few-percent difference measurable: each ratio B / A compares runs
+seconds apart. Shapes: vim-proxy (64, 128, 17, N 8), mamba-proxy (8, 256, 256, N 16), a quarter batch of Vim-S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu import HYBRID, _set_backend, scan_inputs, vim_proxy  # noqa: E402
+
+from hybridsearch.kernels import selective_scan  # noqa: E402
+
+# the module, not the function of the same name that hybridsearch.kernels exports
+cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
+from hybridsearch.training.recipe import Recipe, make_optimizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = [(64, 128, 17, 8, "vim_proxy"), (8, 256, 256, 16, "mamba_proxy"), (16, 768, 197, 16, "vim_s_quarter")]
+
+
+def source_at(rev: str, folder: Path) -> Path:
+    """The kernel source at a git revision (or an existing file), written into ``folder``."""
+    if Path(rev).is_file():
+        return Path(rev)
+    rel = cpu.SOURCE.resolve().relative_to(ROOT).as_posix()
+    res = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"--against {rev!r}: {res.stderr.strip() or 'git show failed'}")
+    path = folder / "cpu.cpp"
+    path.write_text(res.stdout)
+    return path
+
+
+def build(source: Path) -> object:
+    cpu.SOURCE = source
+    return cpu._load(cpu._build())
+
+
+def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, per_repeat: int = 1) -> dict:
+    ms: dict[str, list[float]] = {k: [] for k in libs}
+    for r in range(repeats):
+        for name, lib in libs.items():
+            cpu._state["lib"] = lib
+            if r == 0:
+                fn()  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(per_repeat):
+                fn()
+            ms[name].append((time.perf_counter() - t0) * 1e3 / per_repeat)
+    out = {k: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3)} for k, v in ms.items()}
+    out["B_over_A_median"] = round(out["B"]["median_ms"] / out["A"]["median_ms"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", required=True, help="git revision (or file) of the A source")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-steps", type=int, default=4, help="vim-proxy steps per timed repeat")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(ROOT / "kernels/selective_scan/cpu.cpp")}
+    res: dict[str, dict] = {}
+    for batch, dim, L, N, label in SHAPES:
+        xs = scan_inputs(batch, dim, L, N, True, "model")
+        gout = scan_inputs(batch, dim, L, N, False, "model")[6]
+
+        def fwd(xs: list[torch.Tensor] = xs) -> None:
+            with torch.no_grad():
+                selective_scan(*xs, True, backend="cpu")
+
+        def fwd_bwd(xs: list[torch.Tensor] = xs, gout: torch.Tensor = gout) -> None:
+            torch.autograd.grad(selective_scan(*xs, True, backend="cpu"), xs, gout)
+
+        res[f"scan {label} (batch={batch}, dim={dim}, L={L}, N={N})"] = {
+            "forward": alternate(libs, fwd, args.repeats), "forward_backward": alternate(libs, fwd_bwd, args.repeats)}
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    for name, peft in (("full_ft", None), ("lorap_x+addscan", HYBRID)):
+        model = vim_proxy(peft)
+        _set_backend(model, "cpu")
+        opt = make_optimizer(model, Recipe())
+        model.train()
+
+        def step(model: torch.nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = alternate(libs, step, max(3, args.repeats // 2), per_repeat=args.train_steps)
+        t["images_per_s"] = {k: round(64e3 / t[k]["median_ms"], 1) for k in libs}
+        res[f"vim-proxy training, {name}"] = t
+    print(json.dumps({
+        "benchmark": "cpu scan kernel: work tree (B) against another source (A), alternated in one process",
+        "command": " ".join(["python", "benchmarks/bench_kernel_ab.py", *sys.argv[1:]]), "against": args.against,
+        "results": res,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "vector_width": cpu.vector_width(), "threads": args.threads,
+                    "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
