@@ -132,24 +132,27 @@ def _set_backend(model: torch.nn.Module, backend: str) -> None:
         m.scan_backend = backend
 
 
+def vim_training_step(peft: dict | None, backend: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One AdamW training step of a fresh vim-proxy (with ``peft``) on the batch (x, y), scan by ``backend``."""
+    model = vim_proxy(peft)
+    _set_backend(model, backend)
+    opt = make_optimizer(model, Recipe())
+    model.train()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def bench_vim_training(repeats: int, steps: int) -> dict[str, dict]:
     res: dict[str, dict] = {}
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     for name, peft in (("full_ft", None), ("lorap_x+addscan", HYBRID)):
-        runs = {}
-        for backend in BACKENDS:
-            model = vim_proxy(peft)
-            _set_backend(model, backend)
-            opt = make_optimizer(model, Recipe())
-            model.train()
-
-            def step(model: torch.nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            runs[backend] = step
+        runs = {backend: vim_training_step(peft, backend, x, y) for backend in BACKENDS}
         t = paired(runs, repeats, per_repeat=steps)
         res[name] = {b: {"images_per_s": round(64e3 / t[b]["median_ms"], 1),
                          "images_per_s_best": round(64e3 / t[b]["min_ms"], 1), **t[b]} for b in BACKENDS}

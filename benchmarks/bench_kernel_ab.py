@@ -25,16 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import HYBRID, _set_backend, scan_inputs, vim_proxy  # noqa: E402
+from bench_cpu import HYBRID, scan_inputs, vim_training_step  # noqa: E402
 
 from hybridsearch.kernels import selective_scan  # noqa: E402
 
 # the module, not the function of the same name that hybridsearch.kernels exports
 cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
-from hybridsearch.training.recipe import Recipe, make_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(64, 128, 17, 8, "vim_proxy"), (8, 256, 256, 16, "mamba_proxy"), (16, 768, 197, 16, "vim_s_quarter")]
@@ -100,17 +98,7 @@ def main() -> None:
             "forward": alternate(libs, fwd, args.repeats), "forward_backward": alternate(libs, fwd_bwd, args.repeats)}
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     for name, peft in (("full_ft", None), ("lorap_x+addscan", HYBRID)):
-        model = vim_proxy(peft)
-        _set_backend(model, "cpu")
-        opt = make_optimizer(model, Recipe())
-        model.train()
-
-        def step(model: torch.nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = vim_training_step(peft, "cpu", x, y)
         t = alternate(libs, step, max(3, args.repeats // 2), per_repeat=args.train_steps)
         t["images_per_s"] = {k: round(64e3 / t[k]["median_ms"], 1) for k in libs}
         res[f"vim-proxy training, {name}"] = t
