@@ -16,23 +16,22 @@ import importlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import HYBRID, scan_inputs, vim_training_step  # noqa: E402
+from bench_cpu import HYBRID, paired, scan_inputs, vim_training_step  # noqa: E402
 
 from hybridsearch.kernels import selective_scan  # noqa: E402
 
 # the module, not the function of the same name that hybridsearch.kernels exports
 cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
+SOURCE = cpu.SOURCE  # the work tree's kernel source (build() repoints cpu.SOURCE)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(64, 128, 17, 8, "vim_proxy"), (8, 256, 256, 16, "mamba_proxy"), (16, 768, 197, 16, "vim_s_quarter")]
@@ -42,7 +41,7 @@ def source_at(rev: str, folder: Path) -> Path:
     """The kernel source at a git revision (or an existing file), written into ``folder``."""
     if Path(rev).is_file():
         return Path(rev)
-    rel = cpu.SOURCE.resolve().relative_to(ROOT).as_posix()
+    rel = SOURCE.resolve().relative_to(ROOT).as_posix()
     res = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"--against {rev!r}: {res.stderr.strip() or 'git show failed'}")
@@ -57,17 +56,17 @@ def build(source: Path) -> object:
 
 
 def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, per_repeat: int = 1) -> dict:
-    ms: dict[str, list[float]] = {k: [] for k in libs}
-    for r in range(repeats):
-        for name, lib in libs.items():
-            cpu._state["lib"] = lib
-            if r == 0:
-                fn()  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(per_repeat):
-                fn()
-            ms[name].append((time.perf_counter() - t0) * 1e3 / per_repeat)
-    out = {k: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3)} for k, v in ms.items()}
+    """``fn`` timed with each library in turn (bench_cpu.paired), and the ratio B / A of the median times."""
+
+    def using(lib: object) -> Callable[[], object]:
+        def run() -> object:
+            cpu._state["lib"] = lib  # the library the cpu backend calls
+            return fn()
+
+        return run
+
+    out = paired({name: using(lib) for name, lib in libs.items()}, repeats, per_repeat)
+    out.pop("speedup_median")  # A / B: this benchmark reports B / A
     out["B_over_A_median"] = round(out["B"]["median_ms"] / out["A"]["median_ms"], 3)
     return out
 
@@ -81,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(ROOT / "kernels/selective_scan/cpu.cpp")}
+        libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(SOURCE)}
     res: dict[str, dict] = {}
     for batch, dim, L, N, label in SHAPES:
         xs = scan_inputs(batch, dim, L, N, True, "model")
