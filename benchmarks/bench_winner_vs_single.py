@@ -7,8 +7,11 @@ mean accuracy over the tasks.
 The winner is the study's best trial as ``show`` ranks it (with ``final``, by the mean over seeds); the single
 method is the best trial of any single method over the whole study.
 
+``--configs`` re-trains only some of them (``winner``, ``single``, ``head_only``), so that processes on several
+cores share the work.
+
 Usage: python benchmarks/bench_winner_vs_single.py --study mini_vtab [--storage URL] [--seeds 1,2,3]
-       [--splits val,test]
+       [--splits val,test] [--configs winner,single,head_only]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--splits", default="val,test", help="val (the search's fidelity), test (all training data "
                                                            "-> test), or both")
+    ap.add_argument("--configs", default="winner,single,head_only", help="which configurations to re-train")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -62,8 +66,13 @@ def main() -> None:
     test_tasks = family.load_tasks(space, root, final=True)  # all the training data, then test
     by_number = {t.number: t for t in study.trials}
     head = [t for t in study.trials if t.user_attrs.get("baseline") == "head_only" and t.values]
-    configs = {"winner": by_number[cmp["winner_trial"]], f"single:{cmp['best_single_method']}":
-               by_number[cmp["single_trial"]], **({"head_only": head[0]} if head else {})}
+    kinds = {"winner": ("winner", by_number[cmp["winner_trial"]]),
+             "single": (f"single:{cmp['best_single_method']}", by_number[cmp["single_trial"]]),
+             **({"head_only": ("head_only", head[0])} if head else {})}
+    asked = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if unknown := sorted(set(asked) - {"winner", "single", "head_only"}):
+        raise SystemExit(f"--configs: unknown {', '.join(unknown)} (allowed: winner, single, head_only)")
+    configs = dict(kinds[c] for c in asked if c in kinds)
     seeds = [int(s) for s in args.seeds.split(",")]
     t0, rows = time.perf_counter(), {}
     splits = {"val": search_tasks, "test": test_tasks}
