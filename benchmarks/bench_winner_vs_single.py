@@ -30,6 +30,8 @@ from hybridsearch.search.space import load_space
 from hybridsearch.search.storage import open_storage
 from hybridsearch.training.recipe import Recipe
 
+CONFIGS = ("winner", "single", "head_only")  # what --configs may name
+
 
 def score(space, tasks, trial: optuna.trial.FrozenTrial, epochs: int, seed: int) -> float:
     """Mean accuracy over ``tasks`` (train -> val) of the trial's config, trained by the space's task family."""
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--splits", default="val,test", help="val (the search's fidelity), test (all training data "
                                                            "-> test), or both")
-    ap.add_argument("--configs", default="winner,single,head_only", help="which configurations to re-train")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="which configurations to re-train")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -70,8 +72,8 @@ def main() -> None:
              "single": (f"single:{cmp['best_single_method']}", by_number[cmp["single_trial"]]),
              **({"head_only": ("head_only", head[0])} if head else {})}
     asked = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if unknown := sorted(set(asked) - {"winner", "single", "head_only"}):
-        raise SystemExit(f"--configs: unknown {', '.join(unknown)} (allowed: winner, single, head_only)")
+    if unknown := sorted(set(asked) - set(CONFIGS)):
+        raise SystemExit(f"--configs: unknown {', '.join(unknown)} (allowed: {', '.join(CONFIGS)})")
     configs = dict(kinds[c] for c in asked if c in kinds)
     seeds = [int(s) for s in args.seeds.split(",")]
     t0, rows = time.perf_counter(), {}
