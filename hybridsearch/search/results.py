@@ -100,9 +100,9 @@ def arm_studies(study: optuna.Study) -> dict[str, optuna.Study]:
             for n in sorted(names) if n.startswith(prefix)}
 
 
-def _always_on(study: optuna.Study) -> set[str]:
+def _always_on(study: optuna.Study) -> list[str]:
     methods = (study.user_attrs.get("space") or {}).get("methods", {})
-    return {n for n, m in methods.items() if not m.get("optional", True)}
+    return [n for n, m in methods.items() if not m.get("optional", True)]
 
 
 def _entry(t: FrozenTrial, scores: list[float], source: str) -> dict[str, Any]:
@@ -113,15 +113,17 @@ def _entry(t: FrozenTrial, scores: list[float], source: str) -> dict[str, Any]:
 
 def single_methods(study: optuna.Study, arms: dict[str, optuna.Study] | None = None) -> dict[str, dict[str, Any]]:
     """The best trial of each single method (with the always-on methods) over the whole study, and over its arm
-    study when ``arms`` has one (``source``: the study it comes from); ``head_only``: no optional method."""
+    study when ``arms`` has one (``source``: the study it comes from). No optional method on: ``head_only``, or
+    the always-on methods' names (``a+b``, as SearchSpace.base_name) where the space has some."""
     always = _always_on(study)
+    base = "+".join(always) or "head_only"
     out: dict[str, dict[str, Any]] = {}
     sources = [(study.study_name, study)] + [(s.study_name, s) for s in (arms or {}).values()]
     for name, s in sources:
         scores = seed_scores(s)
         for t in ranked_trials(s):
             extra = [m for m in trial_row(t)["methods"] if m not in always]
-            key = "head_only" if not extra else extra[0] if len(extra) == 1 else None
+            key = base if not extra else extra[0] if len(extra) == 1 else None
             e = _entry(t, scores[t.number], name)
             if key is not None and (key not in out or _rank_key(scores[t.number]) > _key(out[key])):
                 out[key] = e
@@ -135,7 +137,8 @@ def _key(e: dict[str, Any]) -> tuple[bool, float]:
 def baseline_comparison(study: optuna.Study, arms: dict[str, optuna.Study] | None = None) -> dict[str, Any] | None:
     """The winner (``best_trials``) against the best trial of each single method over the whole study (and its
     arm studies): None with two objectives or without a completed single-method trial. Scores are means over
-    seeds where there are several."""
+    seeds where there are several. With always-on methods, they alone (every optional method off) are one of the
+    single methods: the search must beat what it would train without adding anything."""
     singles = single_methods(study, arms)
     methods = {k: v for k, v in singles.items() if k != "head_only"}
     best = best_trials(study)

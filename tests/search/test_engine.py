@@ -359,44 +359,60 @@ def test_calibrate_scores_each_config_twice(tmp_path, make_space, scripted):
 
 # -- baselines -------------------------------------------------------------------------------------------------------
 def test_baselines_run_first_and_are_compared(tmp_path, make_space, scripted, capsys):
-    """``baselines: true`` queues head-only and each optional method alone (middle values) before sampling."""
+    """``baselines: true`` queues the always-on methods alone (here tune_D, with the head) and each optional
+    method alone (middle values) before sampling."""
     from hybridsearch.commands._leaderboard import render
     from hybridsearch.search.results import summary
 
-    scripted(lambda call, epoch: [0.3, 0.5, 0.4, 0.9, 0.1][call])  # head, lora_X, affix, then sampled trials
+    scripted(lambda call, epoch: [0.3, 0.5, 0.4, 0.9, 0.1][call])  # tune_D, lora_X, affix, then sampled trials
     study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base")
     trials = sorted(study.trials, key=lambda t: t.number)
-    assert [t.user_attrs.get("baseline") for t in trials] == ["head_only", "lora_X", "affix", None]
+    assert [t.user_attrs.get("baseline") for t in trials] == ["tune_D", "lora_X", "affix", None]
     assert [list(t.user_attrs["peft"]["methods"]) for t in trials[:3]] == [["tune_D"], ["lora_X", "tune_D"],
                                                                            ["affix", "tune_D"]]
     assert trials[1].params["lora_X.rank"] == 2  # the space's default (else the middle of the range)
     assert list(trials[3].user_attrs["peft"]["methods"]) == ["affix", "tune_D"]  # sampled: affix alone again
     b = summary(study)["baselines"]
     # the best trial of each single method over the whole study, not only its baseline at default values
-    assert {m: (e["trial"], e["score"]) for m, e in b["per_method"].items()} == {"lora_X": (1, 0.5),
+    assert {m: (e["trial"], e["score"]) for m, e in b["per_method"].items()} == {"tune_D": (0, 0.3),
+                                                                                 "lora_X": (1, 0.5),
                                                                                  "affix": (3, 0.9)}
     assert b["best_single_method"] == "affix" and b["single_score"] == pytest.approx(0.9)
     assert b["baseline_methods"] == ["affix", "tune_D"]  # tune_D is always on in this space
     render(study)
-    assert "winner #3 0.9000 vs best baseline affix + tune_D (#3) 0.9000: +0.0000; head only 0.3000" \
-        in capsys.readouterr().out
+    assert "winner #3 0.9000 vs best baseline affix + tune_D (#3) 0.9000: +0.0000\n" in capsys.readouterr().out
     assert b["winner_trial"] == 3 and b["gain"] == pytest.approx(0.0)
-    assert b["head_only_score"] == pytest.approx(0.3)
+    assert b["head_only_score"] is None  # tune_D is on in every trial: no trial trained the head alone
     # resuming queues nothing again
     study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base", trials=5)
     assert finished(study) == 5
     assert sum(t.user_attrs.get("baseline") is not None for t in study.trials) == 3
 
 
+def test_the_always_on_methods_alone_can_be_the_best_single_method(tmp_path, make_space, scripted, capsys):
+    """Without adding anything the search would train its always-on methods: when they alone score best, they
+    are the single method the winner is compared with (here the winner itself)."""
+    from hybridsearch.commands._leaderboard import render
+    from hybridsearch.search.results import summary
+
+    scripted(lambda call, epoch: [0.8, 0.5, 0.4, 0.6][call])
+    study = run(make_space(trials=4, baselines=True), tmp_path / "j.journal", "base")
+    b = summary(study)["baselines"]
+    assert (b["best_single_method"], b["single_trial"], b["baseline_methods"]) == ("tune_D", 0, ["tune_D"])
+    assert b["winner_trial"] == 0 and b["gain"] == pytest.approx(0.0)
+    render(study)
+    assert "winner #0 0.8000 vs best single method tune_D (#0) 0.8000: +0.0000" in capsys.readouterr().out
+
+
 def test_baselines_are_never_pruned(tmp_path, make_space, scripted):
     """The pruner sees a baseline's scores but never stops it: it is the reference the winner must beat."""
-    scripted(lambda call, epoch: 0.9 if call == 0 else 0.1)  # head_only strong, every later trial weak
+    scripted(lambda call, epoch: 0.9 if call == 0 else 0.1)  # the first baseline strong, every later trial weak
     space = make_space(trials=5, baselines=True, fidelity={"epochs": 3, "max_train_examples": 32},
                        pruner={"kind": "successive_halving", "min_resource": 1, "reduction_factor": 3})
     study = run(space, tmp_path / "j.journal", "noprune")
     trials = sorted(study.trials, key=lambda t: t.number)
     kinds = [(t.user_attrs.get("baseline", "sampled"), t.state.name) for t in trials]
-    assert kinds == [("head_only", "COMPLETE"), ("lora_X", "COMPLETE"), ("affix", "COMPLETE"),
+    assert kinds == [("tune_D", "COMPLETE"), ("lora_X", "COMPLETE"), ("affix", "COMPLETE"),
                      ("sampled", "PRUNED"), ("sampled", "PRUNED")]
     assert all(len(t.intermediate_values) == 3 for t in study.trials if "baseline" in t.user_attrs)
 

@@ -312,15 +312,18 @@ def test_baseline_params_use_defaults_else_the_middle():
     assert space.baselines and "baselines" in space.to_dict()
     assert "baselines" not in space_from_dict(base()).to_dict()  # unset: old studies keep their space hash
     params = space.baseline_params()
-    assert list(params) == ["head_only", "lora_X", "affix"]  # tune_D is always on
+    assert list(params) == ["tune_D", "lora_X", "affix"]  # tune_D is always on: the base is it (and the head)
     assert params["lora_X"]["lora_X.rank"] == 4  # default
     assert params["lora_X"]["lora_X.scale"] == pytest.approx(0.1)  # geometric middle of a log range
     assert params["affix"]["affix.tokens"] == 2 and params["affix"]["affix.placement"] == "dual_prefix"
-    assert params["head_only"]["recipe.lr"] == pytest.approx(1e-3)
-    assert params["head_only"]["recipe.weight_decay"] == pytest.approx(0.05)
+    assert params["tune_D"]["recipe.lr"] == pytest.approx(1e-3)
+    assert params["tune_D"]["recipe.weight_decay"] == pytest.approx(0.05)
     for name, p in params.items():  # each is a valid configuration of the space with exactly that method
         cfg = space.fixed_config(p)
-        assert set(cfg.peft.methods) == {"tune_D"} | ({name} - {"head_only"})
+        assert set(cfg.peft.methods) == {"tune_D", name}
+    d["methods"]["tune_D"]["optional"] = True  # without always-on methods the base trains the head alone
+    assert list(space_from_dict({**d, "baselines": True}).baseline_params()) == ["head_only", "lora_X", "affix",
+                                                                                 "tune_D"]
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
@@ -543,11 +546,12 @@ def test_language_baselines_have_no_head_only_and_pass_the_loss_choice(monkeypat
 
 
 def test_mamba_mixed_baselines_keep_additional_scan_on():
-    """``mamba_mixed``: Additional-scan is always on, so each baseline is it plus one optional method."""
+    """``mamba_mixed``: Additional-scan is always on, so the baselines are it alone (what the search must beat)
+    and it plus each optional method."""
     space = load_space("mamba_mixed")
     base = space.baseline_params()
-    assert sorted(base) == ["affix", "lora_X", "lora_out_proj"]
+    assert list(base) == ["additional_scan", "lora_X", "lora_out_proj", "affix"]
     for name, params in base.items():
-        assert sorted(space.selected_methods(params)) == sorted(["additional_scan", name])
+        assert sorted(space.selected_methods(params)) == sorted({"additional_scan", name})
         assert list(space.fixed_config(params).peft.to_dict()["methods"]) == \
             [m for m in space.methods if m in ("additional_scan", name)]

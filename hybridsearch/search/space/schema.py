@@ -188,22 +188,28 @@ class SearchSpace:
                 if (not m.optional or params.get(f"use.{n}") is True) and n != drop]
 
     def baseline_params(self) -> dict[str, dict[str, Any]]:
-        """``baselines: true``: the trials queued first in a new study, by name: ``head_only`` (every optional
-        method off; not for language models) and each optional method alone, every value at its default or the
-        middle of its range. The leaderboard then compares the searched hybrid with the best single method at
-        equal fidelity."""
+        """``baselines: true``: the trials queued first in a new study, by name: the base (every optional method
+        off: ``head_only``, or named after the always-on methods, e.g. ``additional_scan``, when there are some;
+        none for a language model without always-on methods, which would train nothing) and each optional
+        method alone, every value at its default or the middle of its range. The leaderboard then compares the
+        searched hybrid with the best single method, and with the always-on methods alone, at equal fidelity."""
         if self.stage == 2:  # stage 2 tunes methods that are always on: nothing to switch off
             return {}
         optional = [n for n, m in self.methods.items() if m.optional]
-        # without a classifier head, every method off would train nothing
-        head_only = (None,) if self.family.has_head else ()
+        base = self.base_name()
         out = {}
-        for only in (*head_only, *optional):
+        for only in ((None,) if base else ()) + tuple(optional):
             def pick(name: str, p: Param, only: str | None = only) -> Any:
                 return name == f"use.{only}" if name.startswith("use.") else p.middle()
 
-            out[only or "head_only"] = self.pick_config(pick).params
+            out[only or base] = self.pick_config(pick).params
         return out
+
+    def base_name(self) -> str | None:
+        """The name of the baseline with every optional method off: the always-on methods' (``a+b``), else
+        ``head_only`` where the model has a classifier head to train, else None (it would train nothing)."""
+        always = [n for n, m in self.methods.items() if not m.optional]
+        return "+".join(always) if always else "head_only" if self.family.has_head else None
 
     def pick_config(self, pick: Callable[[str, Param], Any]) -> SampledConfig:
         """The configuration whose every sampled value is ``pick(name, param)`` (baselines, designs); names
