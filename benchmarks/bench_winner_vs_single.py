@@ -1,17 +1,17 @@
-"""Does the searched hybrid beat the best single method? For a finished study of a space with
-``baselines: true``, re-train its winner, its best single-method baseline and its head-only baseline with
-several seeds: at the search's fidelity (train800 -> val200, the search's own score) and on
-train800val200 -> test (scored once per seed). Prints JSON: per config the mean and std over seeds of the
+"""Does the searched hybrid beat the best single method? For a finished study of a space with ``baselines: true``,
+re-train its winner, its best single-method trial and its base (every optional method off: head-only, or the
+always-on methods alone) with several seeds: at the search's fidelity (train800 -> val200, the search's own score)
+and on train800val200 -> test (scored once per seed). Prints JSON: per config the mean and std over seeds of the
 mean accuracy over the tasks.
 
 The winner is the study's best trial as ``show`` ranks it (with ``final``, by the mean over seeds); the single
 method is the best trial of any single method over the whole study.
 
-``--configs`` re-trains only some of them (``winner``, ``single``, ``head_only``), so that processes on several
-cores share the work.
+``--configs`` re-trains only some of them (``winner``, ``single``, ``base``), so that processes on several cores
+share the work.
 
 Usage: python benchmarks/bench_winner_vs_single.py --study mini_vtab [--storage URL] [--seeds 1,2,3]
-       [--splits val,test] [--configs winner,single,head_only]
+       [--splits val,test] [--configs winner,single,base]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import time
 import optuna
 import torch
 
-from hybridsearch.search.results import baseline_comparison, seed_scores
+from hybridsearch.search.results import baseline_comparison, seed_scores, single_methods
 from hybridsearch.search.space import load_space
 from hybridsearch.search.storage import open_storage
 from hybridsearch.training.recipe import Recipe
 
-CONFIGS = ("winner", "single", "head_only")  # what --configs may name
+CONFIGS = ("winner", "single", "base")  # what --configs may name
 
 
 def score(space, tasks, trial: optuna.trial.FrozenTrial, epochs: int, seed: int) -> float:
@@ -67,10 +67,11 @@ def main() -> None:
     search_tasks = family.load_tasks(space, root, max_train=fid.max_train_examples, max_val=fid.max_val_examples)
     test_tasks = family.load_tasks(space, root, final=True)  # all the training data, then test
     by_number = {t.number: t for t in study.trials}
-    head = [t for t in study.trials if t.user_attrs.get("baseline") == "head_only" and t.values]
+    base = space.base_name()
+    base_trial = single_methods(study).get(base) if base else None  # the best trial with no optional method on
     kinds = {"winner": ("winner", by_number[cmp["winner_trial"]]),
              "single": (f"single:{cmp['best_single_method']}", by_number[cmp["single_trial"]]),
-             **({"head_only": ("head_only", head[0])} if head else {})}
+             **({"base": (f"base:{base}", by_number[base_trial["trial"]])} if base and base_trial else {})}
     asked = [c.strip() for c in args.configs.split(",") if c.strip()]
     if unknown := sorted(set(asked) - set(CONFIGS)):
         raise SystemExit(f"--configs: unknown {', '.join(unknown)} (allowed: {', '.join(CONFIGS)})")
