@@ -71,7 +71,7 @@ def main() -> None:
     base_trial = single_methods(study).get(base) if base else None  # the best trial with no optional method on
     kinds = {"winner": ("winner", by_number[cmp["winner_trial"]]),
              "single": (f"single:{cmp['best_single_method']}", by_number[cmp["single_trial"]]),
-             **({"base": (f"base:{base}", by_number[base_trial["trial"]])} if base and base_trial else {})}
+             **({"base": (f"base:{base}", by_number[base_trial["trial"]])} if base_trial else {})}
     asked = [c.strip() for c in args.configs.split(",") if c.strip()]
     if unknown := sorted(set(asked) - set(CONFIGS)):
         raise SystemExit(f"--configs: unknown {', '.join(unknown)} (allowed: {', '.join(CONFIGS)})")

@@ -14,6 +14,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .space.schema import base_name
+
 ARM = ".single."  # the single-method arm of study S tunes method M in study S.single.M
 
 
@@ -114,9 +116,9 @@ def _entry(t: FrozenTrial, scores: list[float], source: str) -> dict[str, Any]:
 def single_methods(study: optuna.Study, arms: dict[str, optuna.Study] | None = None) -> dict[str, dict[str, Any]]:
     """The best trial of each single method (with the always-on methods) over the whole study, and over its arm
     study when ``arms`` has one (``source``: the study it comes from). No optional method on: ``head_only``, or
-    the always-on methods' names (``a+b``, as SearchSpace.base_name) where the space has some."""
+    the always-on methods' names (``a+b``, space.schema.base_name) where the space has some."""
     always = _always_on(study)
-    base = "+".join(always) or "head_only"
+    base = base_name(always)
     out: dict[str, dict[str, Any]] = {}
     sources = [(study.study_name, study)] + [(s.study_name, s) for s in (arms or {}).values()]
     for name, s in sources:

@@ -130,6 +130,12 @@ class SampledConfig:
     params: dict[str, Any]
 
 
+def base_name(always_on: list[str], has_head: bool = True) -> str | None:
+    """The configuration with every optional method off, by name: the always-on methods' (``a+b``), else
+    ``head_only`` where the model has a classifier head to train, else None (it would train nothing)."""
+    return "+".join(always_on) if always_on else "head_only" if has_head else None
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     name: str
@@ -206,10 +212,8 @@ class SearchSpace:
         return out
 
     def base_name(self) -> str | None:
-        """The name of the baseline with every optional method off: the always-on methods' (``a+b``), else
-        ``head_only`` where the model has a classifier head to train, else None (it would train nothing)."""
-        always = [n for n, m in self.methods.items() if not m.optional]
-        return "+".join(always) if always else "head_only" if self.family.has_head else None
+        """The name of the baseline with every optional method off (see :func:`base_name`)."""
+        return base_name([n for n, m in self.methods.items() if not m.optional], self.family.has_head)
 
     def pick_config(self, pick: Callable[[str, Param], Any]) -> SampledConfig:
         """The configuration whose every sampled value is ``pick(name, param)`` (baselines, designs); names
