@@ -1,11 +1,21 @@
-"""``linear``: ``F.linear`` whose fp32 CPU matmuls go through oneDNN (the mixers' projections on the cpu backend).
+"""``linear``: ``F.linear`` for the mixers' fp32 CPU projections (the cpu backend), with faster matmuls.
 
-Why: torch's CPU ``F.linear`` calls MKL's sgemm, which takes its AVX2 code path on AMD processors; oneDNN picks
-its kernels by the CPU's instruction set. Measured on the CI machine kind (AMD EPYC, AVX-512, one thread):
-190-220 against 80-95 GFLOP/s for the language proxy's (4800 x 128) x (128 x 512) projection and its input
-gradient, 1.4x for the weight gradient; mamba-proxy training 1.26x faster in all (benchmarks/RESULTS.md).
+Two things ``F.linear`` does slowly here:
 
-``torch.ops.mkldnn._linear_pointwise`` is the op inductor uses for this; it is private, so it is checked once
+* **Narrow weights' gradients.** When the weight has few input features K (dt_proj: K = dt_rank, 4 or 8 in the
+  proxies), autograd computes dx = g w (M x N by N x K) and dW = g^T x (N x M by M x K): matrices with K columns,
+  which MKL's sgemm fills at 6-12 GFLOP/s against 90 for wide ones. The same products transposed, dx = (w^T g^T)^T
+  and dW = (x^T g)^T, have K rows and run 4-10x faster (measured on an AMD EPYC with AVX2, one thread: 1.6 and
+  3.3 ms against 0.46 and 0.36 ms for the language proxy's dt_proj on 4800 tokens). The results are transposed
+  views; nothing downstream needs them contiguous.
+* **MKL on AMD with AVX-512.** torch's CPU ``F.linear`` calls MKL's sgemm, which takes its AVX2 code path on AMD
+  processors; oneDNN picks its kernels by the CPU's instruction set. Measured on the CI machine kind (AMD EPYC,
+  AVX-512, one thread): 190-220 against 80-95 GFLOP/s for the language proxy's (4800 x 128) x (128 x 512)
+  projection and its input gradient, 1.4x for the weight gradient; mamba-proxy training 1.26x faster in all
+  (benchmarks/RESULTS.md). Without AVX-512 both libraries run AVX2 code and MKL's was the faster (an AMD EPYC with
+  AVX2: vim-proxy and mamba-proxy training 5-9 % faster with ``F.linear``), so oneDNN is used only with AVX-512.
+
+``torch.ops.mkldnn._linear_pointwise`` is the op inductor uses for oneDNN; it is private, so it is checked once
 against ``F.linear`` on a small input and every failure falls back to ``F.linear``. Anything but fp32 CPU
 tensors, or a torch without the op, takes ``F.linear`` directly.
 """
@@ -46,40 +56,73 @@ def available() -> bool:
     return _state["ok"]
 
 
+def preferred() -> bool:
+    """Whether ``linear`` takes oneDNN for fp32 CPU tensors: it runs here and the CPU has AVX-512."""
+    if "use" not in _state:
+        _state["use"] = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and available()
+    return _state["use"]
+
+
+NARROW = 16  # weights with at most this many input features take the transposed products in the backward
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()
-        y = _matmul(x2, weight.detach())
-        if bias is not None:
-            y.add_(bias.detach())
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
+        x2 = x.detach().reshape(-1, x.shape[-1])
+        w = weight.detach()
+        if onednn:
+            x2 = x2.contiguous()
+            y = _matmul(x2, w)
+            if bias is not None:
+                y.add_(bias.detach())
+        else:
+            y = F.linear(x2, w, None if bias is None else bias.detach())
         ctx.save_for_backward(x2, weight)
-        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        ctx.x_shape, ctx.has_bias, ctx.onednn = x.shape, bias is not None, onednn
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
         x2, weight = ctx.saved_tensors
+        w = weight.detach()
         g2 = g.reshape(-1, g.shape[-1])
-        g2 = g2 if g2.is_contiguous() else g2.contiguous()
+        narrow = w.shape[1] <= NARROW
+        if ctx.onednn and not narrow and not g2.is_contiguous():
+            g2 = g2.contiguous()
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = _matmul(g2, weight.detach().t().contiguous()).view(ctx.x_shape)
+            if narrow:
+                dx = torch.mm(w.t(), g2.t()).t()  # (K, N) @ (N, M), transposed: K rows, not K columns
+            elif ctx.onednn:
+                dx = _matmul(g2, w.t().contiguous())
+            else:
+                dx = torch.mm(g2, w)
+            dx = dx.reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            dw = _matmul(g2.t(), x2.t())  # (N, M) @ (M, K): oneDNN reads the transposed views in place
+            if narrow:
+                dw = torch.mm(x2.t(), g2).t()  # (K, M) @ (M, N), transposed
+            elif ctx.onednn:
+                dw = _matmul(g2.t(), x2.t())  # (N, M) @ (M, K): oneDNN reads the transposed views in place
+            else:
+                dw = torch.mm(g2.t(), x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g2.sum(0)
-        return dx, dw, db
+        return dx, dw, db, None
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``; fp32 CPU tensors through oneDNN when it is available."""
+    """``F.linear(x, weight, bias)``; for fp32 CPU tensors through oneDNN where it is ``preferred``, and with the
+    transposed backward products when the weight has at most ``NARROW`` input features."""
     if (x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != torch.float32
             or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
-            or x.dim() < 2 or x.numel() == 0 or weight.shape[1] == 0 or not available()):
+            or x.dim() < 2 or x.numel() == 0 or weight.shape[1] == 0):
         return F.linear(x, weight, bias)
-    return _Linear.apply(x, weight, bias)
+    onednn = preferred()
+    if not onednn and (weight.shape[1] > NARROW or not torch.is_grad_enabled()):
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias, onednn)
 
 
-__all__ = ["available", "linear"]
+__all__ = ["available", "linear", "preferred"]

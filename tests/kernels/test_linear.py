@@ -14,10 +14,24 @@ from hybridsearch.kernels import linear
 lin = importlib.import_module("hybridsearch.kernels.linear")
 
 
+@pytest.fixture(params=["onednn", "torch"])
+def path(request, monkeypatch):
+    """Both matmul paths whatever the CPU (``linear`` prefers oneDNN only with AVX-512)."""
+    if request.param == "onednn" and not lin.available():
+        pytest.skip("oneDNN's linear does not run here")
+    monkeypatch.setitem(lin._state, "use", request.param == "onednn")
+    return request.param
+
+
+def test_preferred_only_with_avx512():
+    assert lin.preferred() == (torch.backends.cpu.get_cpu_capability().startswith("AVX512") and lin.available())
+
+
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
-@pytest.mark.parametrize("shape", [(7, 5), (3, 11, 5), (2, 3, 4, 5)], ids=str)
+# K = 5: a narrow weight (the transposed backward products); K = 24: a wide one
+@pytest.mark.parametrize("shape", [(7, 5), (3, 11, 5), (2, 3, 4, 5), (3, 11, 24), (2, 3, 4, 24)], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
-def test_matches_f_linear(shape, bias, layout):
+def test_matches_f_linear(path, shape, bias, layout):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
     if layout == "transposed" and x.dim() == 3:  # a channels-innermost view, as the mixers pass x_proj's input
@@ -26,6 +40,8 @@ def test_matches_f_linear(shape, bias, layout):
     w = torch.randn(6, shape[-1], generator=g, requires_grad=True)
     b = torch.randn(6, generator=g, requires_grad=True) if bias else None
     out, want = linear(x, w, b), F.linear(x, w, b)
+    # oneDNN, or a narrow weight, go through the module's own autograd function; the rest is F.linear itself
+    assert (type(out.grad_fn).__name__ == "_LinearBackward") == (path == "onednn" or shape[-1] <= lin.NARROW)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     gout = torch.randn(want.shape, generator=g)
     inputs = [t for t in (x, w, b) if t is not None]
@@ -34,10 +50,11 @@ def test_matches_f_linear(shape, bias, layout):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
-def test_frozen_weight_and_deterministic():
+@pytest.mark.parametrize("K", [128, 4], ids=["wide", "narrow"])
+def test_frozen_weight_and_deterministic(path, K):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 17, 128, generator=g, requires_grad=True)
-    w = torch.randn(20, 128, generator=g)  # frozen: no weight gradient is computed
+    x = torch.randn(64, 17, K, generator=g, requires_grad=True)
+    w = torch.randn(20, K, generator=g)  # frozen: no weight gradient is computed
     runs = [torch.autograd.grad(linear(x, w).square().sum(), [x])[0] for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
     torch.testing.assert_close(runs[0], torch.autograd.grad(F.linear(x, w).square().sum(), [x])[0],
@@ -51,6 +68,6 @@ def test_other_dtypes_take_f_linear(dtype):
 
 
 def test_unavailable_onednn_falls_back(monkeypatch):
-    monkeypatch.setattr(lin, "_state", {"ok": False})
+    monkeypatch.setattr(lin, "_state", {"ok": False})  # preferred() then says no whatever the CPU
     x, w = torch.randn(3, 4), torch.randn(5, 4)
     assert torch.equal(linear(x, w), F.linear(x, w))
