@@ -10,6 +10,8 @@ median and min of the repeats and the ratio of the medians):
   delta_bias and softplus as the mixers call it; inputs laid out as the mixers pass them (channels innermost)
   and, for the first two shapes, contiguous (batch, dim, L) too.
 * ``conv``: the mixer's depthwise causal conv1d + SiLU, forward + backward, at the vim-proxy shape.
+* ``projections``: the mixers' projections (``kernels.linear``, what the cpu backend calls) against ``F.linear``
+  (the reference's), forward + backward with both gradients, at the proxies' dt_proj and in_proj shapes.
 * ``vim_proxy_training``: images/s of a vim-proxy-sized Vim (d_model 64, depth 4, 16 patches + cls, d_state 8,
   batch 64): forward + backward + the recipe's AdamW, full fine-tuning and LoRAp(X) + Additional-scan.
 * ``vim_proxy_eval``: ms per batch of 64 of the forward pass without gradients.
@@ -118,6 +120,26 @@ def bench_conv(repeats: int) -> dict[str, dict]:
 
     return {"vim_proxy (64, 128, 17), K 4, forward_backward": paired({k: lambda k=k: run(k) for k in BACKENDS},
                                                                      repeats, per_repeat=5)}
+
+
+# (tokens, in_features, out_features): vim-proxy's batch of 64 x 17 tokens, the language proxy's 8 x 256
+PROJ_SHAPES = [(1088, 4, 128, "vim_proxy dt_proj"), (1088, 64, 256, "vim_proxy in_proj"),
+               (2048, 8, 256, "mamba_proxy dt_proj"), (2048, 128, 512, "mamba_proxy in_proj")]
+
+
+def bench_projections(repeats: int) -> dict[str, dict]:
+    from hybridsearch.kernels import linear
+
+    g = torch.Generator().manual_seed(0)
+    res: dict[str, dict] = {}
+    for M, K, N, label in PROJ_SHAPES:
+        x = torch.randn(M, K, generator=g, requires_grad=True)
+        w = torch.randn(N, K, generator=g, requires_grad=True)
+        gout = torch.randn(M, N, generator=g)
+        fns = {name: lambda f=f, x=x, w=w, gout=gout: torch.autograd.grad(f(x, w), [x, w], gout)
+               for name, f in (("F.linear", F.linear), ("kernels.linear", linear))}
+        res[f"{label} ({M} x {K} -> {N}), forward_backward"] = paired(fns, repeats, per_repeat=5)
+    return res
 
 
 def vim_proxy(peft: dict | None) -> torch.nn.Module:
@@ -263,6 +285,7 @@ def main() -> None:
     }}
     report["scan"] = bench_scan(args.repeats, not args.no_vim_s)
     report["conv"] = bench_conv(args.repeats)
+    report["projections"] = bench_projections(args.repeats)
     report["vim_proxy_training"] = bench_vim_training(args.repeats, args.train_steps)
     report["vim_proxy_eval"] = bench_vim_eval(args.repeats)
     report["mamba_proxy_training"] = bench_lm_training(args.repeats)
