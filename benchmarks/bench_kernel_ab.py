@@ -3,10 +3,11 @@
     python benchmarks/bench_kernel_ab.py --against HEAD~1 [--repeats 20] [--threads 1]
 
 Builds ``kernels/selective_scan/cpu.cpp`` as it is in the work tree (B) and as it was at ``--against`` (A, any
-git revision, or a file path), then times the scan (forward; forward + backward) and vim-proxy training steps with
-A and B in turn, repeat after repeat. On a shared machine whose speed drifts by tens of percent within minutes,
-alternating in one process is what makes a few-percent difference measurable: each ratio B / A compares runs
-seconds apart. Shapes: vim-proxy (64, 128, 17, N 8), mamba-proxy (8, 256, 256, N 16), a quarter batch of Vim-S.
+git revision, or a file path), then times the scan (forward; forward + backward), the conv and vim-proxy training
+steps with A and B in turn, repeat after repeat. On a shared machine whose speed drifts by tens of percent within
+minutes, alternating in one process is what makes a few-percent difference measurable: each ratio B / A compares
+runs seconds apart. Scan shapes: vim-proxy (64, 128, 17, N 8), mamba-proxy (8, 256, 256, N 16), a quarter batch
+of Vim-S; the conv (with its SiLU) at vim-proxy's (64, 128, 17), K 4.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import HYBRID, paired, scan_inputs, vim_training_step  # noqa: E402
 
-from hybridsearch.kernels import selective_scan  # noqa: E402
+from hybridsearch.kernels import causal_conv1d, selective_scan  # noqa: E402
 
 # the module, not the function of the same name that hybridsearch.kernels exports
 cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
@@ -95,6 +96,21 @@ def main() -> None:
 
         res[f"scan {label} (batch={batch}, dim={dim}, L={L}, N={N})"] = {
             "forward": alternate(libs, fwd, args.repeats), "forward_backward": alternate(libs, fwd_bwd, args.repeats)}
+    # the mixer's conv1d + SiLU at the vim-proxy shape, channels innermost as the mixers pass it
+    xc = torch.randn(64, 17, 128).transpose(1, 2).requires_grad_()
+    wc, bc = torch.randn(128, 4, requires_grad=True), torch.randn(128, requires_grad=True)
+    gc = torch.randn(64, 17, 128).transpose(1, 2)
+
+    def conv_fwd() -> None:
+        with torch.no_grad():
+            causal_conv1d(xc, wc, bc, backend="cpu")
+
+    def conv_fwd_bwd() -> None:
+        torch.autograd.grad(causal_conv1d(xc, wc, bc, backend="cpu"), [xc, wc, bc], gc)
+
+    res["conv vim_proxy (64, 128, 17), K 4"] = {"forward": alternate(libs, conv_fwd, args.repeats, per_repeat=5),
+                                                "forward_backward": alternate(libs, conv_fwd_bwd, args.repeats,
+                                                                              per_repeat=5)}
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     for name, peft in (("full_ft", None), ("lorap_x+addscan", HYBRID)):
         step = vim_training_step(peft, "cpu", x, y)
