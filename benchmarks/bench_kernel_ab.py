@@ -56,17 +56,21 @@ def build(source: Path) -> object:
     return cpu._load(cpu._build())
 
 
+PART_CHANNELS = {"A": cpu._PART_CHANNELS, "B": cpu._PART_CHANNELS}  # channels per task of each side
+
+
 def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, per_repeat: int = 1) -> dict:
     """``fn`` timed with each library in turn (bench_cpu.paired), and the ratio B / A of the median times."""
 
-    def using(lib: object) -> Callable[[], object]:
+    def using(name: str, lib: object) -> Callable[[], object]:
         def run() -> object:
             cpu._state["lib"] = lib  # the library the cpu backend calls
+            cpu._PART_CHANNELS = PART_CHANNELS[name]
             return fn()
 
         return run
 
-    out = paired({name: using(lib) for name, lib in libs.items()}, repeats, per_repeat)
+    out = paired({name: using(name, lib) for name, lib in libs.items()}, repeats, per_repeat)
     out.pop("speedup_median")  # A / B: this benchmark reports B / A
     out["B_over_A_median"] = round(out["B"]["median_ms"] / out["A"]["median_ms"], 3)
     return out
@@ -78,7 +82,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-steps", type=int, default=4, help="vim-proxy steps per timed repeat")
+    ap.add_argument("--a-part-channels", type=int, default=cpu._PART_CHANNELS,
+                    help="channels per task on the A side (the work tree's value on B): compares the work split")
     args = ap.parse_args()
+    PART_CHANNELS["A"] = args.a_part_channels
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(SOURCE)}
