@@ -112,6 +112,10 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def _needs_grad(*ts: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``; for fp32 CPU tensors through oneDNN where it is ``preferred``, and with the
     transposed backward products when the weight has at most ``NARROW`` input features."""
@@ -120,8 +124,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             or x.dim() < 2 or x.numel() == 0 or weight.shape[1] == 0):
         return F.linear(x, weight, bias)
     onednn = preferred()
-    if not onednn and (weight.shape[1] > NARROW or not torch.is_grad_enabled()):
-        return F.linear(x, weight, bias)
+    if not onednn and (weight.shape[1] > NARROW or not _needs_grad(x, weight, bias)):
+        return F.linear(x, weight, bias)  # the narrow path changes only the backward
     return _Linear.apply(x, weight, bias, onednn)
 
 

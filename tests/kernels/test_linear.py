@@ -67,6 +67,13 @@ def test_other_dtypes_take_f_linear(dtype):
     assert torch.equal(linear(x, w), F.linear(x, w))
 
 
+def test_narrow_without_gradients_is_f_linear(monkeypatch):
+    monkeypatch.setitem(lin._state, "use", False)
+    x, w = torch.randn(3, 4), torch.randn(5, 4)  # narrow, but nothing asks for a gradient
+    assert torch.equal(linear(x, w), F.linear(x, w))
+    assert type(linear(x, w.requires_grad_()).grad_fn).__name__ == "_LinearBackward"
+
+
 def test_unavailable_onednn_falls_back(monkeypatch):
     monkeypatch.setattr(lin, "_state", {"ok": False})  # preferred() then says no whatever the CPU
     x, w = torch.randn(3, 4), torch.randn(5, 4)
