@@ -23,7 +23,8 @@ median and min of the repeats and the ratio of the medians):
   backend for the whole process tree.
 
 "reference" runs the whole model on the reference backend (PyTorch scan, ``F.conv1d``); everything else (the
-mixer without flips, the fused AdamW) is the same code for both.
+mixer without flips, the fused AdamW, glibc's malloc set as the CLI sets it: ``hybridsearch.process``) is the same
+for both.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from hybridsearch import apply_peft
 from hybridsearch.kernels import causal_conv1d, selective_scan
 from hybridsearch.models import VimConfig, build
+from hybridsearch.process import keep_freed_memory
 from hybridsearch.training.recipe import Recipe, make_optimizer
 
 BACKENDS = ("reference", "cpu")
@@ -273,6 +275,7 @@ def main() -> None:
     ap.add_argument("--main-repeats", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = keep_freed_memory()  # as the CLI and the search workers run (HYBRIDSEARCH_MALLOC=system: glibc's)
     from hybridsearch.kernels.selective_scan import cpu
 
     if not cpu.available():
@@ -282,6 +285,7 @@ def main() -> None:
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_start": os.getloadavg(),
+        "malloc": "keep_freed_memory" if malloc else "glibc defaults",
     }}
     report["scan"] = bench_scan(args.repeats, not args.no_vim_s)
     report["conv"] = bench_conv(args.repeats)

@@ -22,6 +22,7 @@ import torch
 from hybridsearch import apply_peft
 from hybridsearch.data.commonsense import BUNDLED_ROOT, TRAIN_FILE, collate, load_records
 from hybridsearch.peft import param_groups
+from hybridsearch.process import keep_freed_memory
 from hybridsearch.training.lm import LMRecipe, _step, _tokenize
 from hybridsearch.training.lm_loading import load_lm
 from hybridsearch.training.recipe import adamw
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=8, help="sequences per forward/backward (gradient accumulation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI and the search workers run (HYBRIDSEARCH_MALLOC=system: glibc's defaults)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results: dict[str, dict] = {}
     for device in devices:

@@ -16,6 +16,7 @@ import torch
 
 from hybridsearch import apply_peft
 from hybridsearch.models import VimConfig, build
+from hybridsearch.process import keep_freed_memory
 from hybridsearch.training.recipe import Recipe, make_optimizer
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI and the search workers run (HYBRIDSEARCH_MALLOC=system: glibc's defaults)
     hybrid = {"methods": {"lora_X": {"rank": 8}, "additional_scan": {"states": 2}}}
     results = {
         f"N{n}_{name}": round(bench(n, cfg, args.steps), 1)

@@ -13,6 +13,7 @@ from . import commands
 from ._version import __version__
 from .display import printable
 from .errors import HybridSearchError
+from .process import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # the commands that train (run, finetune, pretrain...) reuse warm pages step after step
     try:
         return int(args._run(args) or 0)
     except HybridSearchError as e:

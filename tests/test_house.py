@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # the layers, bottom up: a module may import its own layer and the ones below, never above
 LAYERS = [
-    ("_version", "errors", "registry", "display", "safeio", "search_spaces"),
+    ("_version", "errors", "registry", "display", "safeio", "process", "search_spaces"),
     ("kernels",),
     ("models", "data"),
     ("peft",),

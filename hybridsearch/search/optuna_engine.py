@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import HybridSearchError
+from ..process import keep_freed_memory
 from .interrupts import die_with_parent, signals_as_interrupt
 from .objective import Objective
 from .space import count_methods
@@ -63,8 +64,10 @@ class _Worker:
         if opts.devices:
             os.environ["CUDA_VISIBLE_DEVICES"] = opts.devices[worker % len(opts.devices)]
         self.device = "cuda" if opts.devices and torch.cuda.is_available() else "cpu"
-        if self.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # an explicit thread count wins
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(opts.workers, 1)))
+        if self.device == "cpu":
+            keep_freed_memory()
+            if "OMP_NUM_THREADS" not in os.environ:  # an explicit thread count wins
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(opts.workers, 1)))
         self.opts, self.on_trial = opts, on_trial
         self.space = stage_space(opts)
         self.study = open_study(opts, self.space, create=False)

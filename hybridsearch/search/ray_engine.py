@@ -46,6 +46,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, HybridSearchError, TrialFailure
+from ..process import keep_freed_memory
 from .interrupts import signals_as_interrupt
 from .objective import Objective
 from .storage import StorageFault, default_storage, is_storage_fault, open_storage, storage_faults
@@ -179,6 +180,8 @@ def run_trial(opts: RunOptions, trial_id: int, attempt: int, cpus: float, gpus: 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        keep_freed_memory()
     try:
         space = _space(opts)
         # a sampler that is never asked (every parameter was drawn by the driver) and the space's pruner
