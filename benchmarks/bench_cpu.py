@@ -198,35 +198,41 @@ def bench_vim_eval(repeats: int) -> dict[str, dict]:
     return {"batch 64, no grad": paired({b: lambda b=b: run(b) for b in BACKENDS}, repeats, per_repeat=5)}
 
 
-def bench_lm_training(repeats: int) -> dict[str, dict]:
+def lm_training_step(peft: dict | None, backend: str, n_batches: int) -> tuple[Callable[[], None], float]:
+    """One AdamW step of the language trainer (``_step``) on a fresh mamba-proxy (with ``peft``), scan by
+    ``backend``, cycling over ``n_batches`` micro-batches of 8 commonsense-proxy records; and the mean real
+    (unpadded) tokens of those batches but the first (the warm-up's)."""
     from hybridsearch.data.commonsense import BUNDLED_ROOT, TRAIN_FILE, load_records
     from hybridsearch.training.lm import LMRecipe, _step, _tokenize
     from hybridsearch.training.lm_loading import load_lm
     from hybridsearch.training.recipe import adamw, optimizer_groups
 
     r = LMRecipe(batch_size=8, micro_batch_size=8)
+    torch.manual_seed(0)
+    model, tok = load_lm("mamba-proxy", device="cpu")
+    if peft:
+        apply_peft(model, peft)
+    _set_backend(model, backend)
+    examples = _tokenize(load_records(BUNDLED_ROOT / TRAIN_FILE)[: 8 * n_batches], tok, r)
+    batches = [examples[i : i + 8] for i in range(0, len(examples), 8)]
+    groups = optimizer_groups(model, 1e-4, 0.0)
+    opt = adamw(groups)
+    trainable = [p for g in groups for p in g["params"]]
+    model.train()
+    it = iter(range(10**9))
+
+    def step() -> None:
+        _step(model, opt, batches[next(it) % len(batches)], tok.pad_id, r, 1.0, trainable)
+
+    return step, statistics.mean(sum(len(e.input_ids) for e in b) for b in batches[1:])
+
+
+def bench_lm_training(repeats: int) -> dict[str, dict]:
     res: dict[str, dict] = {}
     for name, peft in (("full_ft", None), ("lora_X_r8", {"methods": {"lora_X": {"rank": 8}}})):
         runs, tokens = {}, {}
-        for backend in BACKENDS:
-            torch.manual_seed(0)
-            model, tok = load_lm("mamba-proxy", device="cpu")
-            if peft:
-                apply_peft(model, peft)
-            _set_backend(model, backend)
-            examples = _tokenize(load_records(BUNDLED_ROOT / TRAIN_FILE)[: 8 * (repeats + 1)], tok, r)
-            batches = [examples[i : i + 8] for i in range(0, len(examples), 8)]  # the first one warms up
-            groups = optimizer_groups(model, 1e-4, 0.0)
-            opt = adamw(groups)
-            trainable = [p for g in groups for p in g["params"]]
-            model.train()
-            it = iter(range(10**9))
-
-            def step(model=model, opt=opt, tok=tok, batches=batches, trainable=trainable, it=it) -> None:
-                _step(model, opt, batches[next(it) % len(batches)], tok.pad_id, r, 1.0, trainable)
-
-            runs[backend] = step
-            tokens[backend] = statistics.mean(sum(len(e.input_ids) for e in b) for b in batches[1:])
+        for backend in BACKENDS:  # the first batch warms up
+            runs[backend], tokens[backend] = lm_training_step(peft, backend, repeats + 1)
         # both backends see the same batches in the same order: real (unpadded) tokens per timed step
         t = paired(runs, repeats, per_repeat=1)
         res[name] = {b: {"tokens_per_s": round(tokens[b] * 1e3 / t[b]["median_ms"], 1), **t[b]} for b in BACKENDS}

@@ -42,27 +42,9 @@ def child(model: str, backend: str, steps: int) -> dict:
         x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
         step = vim_training_step(None, backend, x, y)
     else:
-        from bench_cpu import _set_backend
+        from bench_cpu import lm_training_step
 
-        from hybridsearch.data.commonsense import BUNDLED_ROOT, TRAIN_FILE, load_records
-        from hybridsearch.training.lm import LMRecipe, _step, _tokenize
-        from hybridsearch.training.lm_loading import load_lm
-        from hybridsearch.training.recipe import adamw, optimizer_groups
-
-        r = LMRecipe(batch_size=8, micro_batch_size=8)
-        torch.manual_seed(0)
-        lm, tok = load_lm("mamba-proxy", device="cpu")
-        _set_backend(lm, backend)
-        examples = _tokenize(load_records(BUNDLED_ROOT / TRAIN_FILE)[: 8 * 8], tok, r)
-        batches = [examples[i : i + 8] for i in range(0, len(examples), 8)]
-        groups = optimizer_groups(lm, 1e-4, 0.0)
-        opt, trainable = adamw(groups), [p for g in groups for p in g["params"]]
-        lm.train()
-        it = iter(range(10**9))
-
-        def step() -> None:
-            _step(lm, opt, batches[next(it) % len(batches)], tok.pad_id, r, 1.0, trainable)
-
+        step, _ = lm_training_step(None, backend, 8)
     for _ in range(3):
         step()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
