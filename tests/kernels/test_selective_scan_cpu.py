@@ -84,8 +84,10 @@ def grads(x, out, last, gout, glast):
     return names, torch.autograd.grad(loss, [x[k] for k in names])
 
 
-def check(L, N, groups, opts, reverse, dtype=torch.float32, batch=2, dim=40, layout="contiguous"):
+def check(L, N, groups, opts, reverse, dtype=torch.float32, batch=2, dim=40, layout="contiguous", A=None):
     x, softplus = make_inputs(batch, dim, L, N, groups, opts, dtype, layout=layout)
+    if A is not None:
+        x["A"] = A.detach().clone().requires_grad_()
     x64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in x.items()}
     g = torch.Generator().manual_seed(1)
     gout, glast = torch.randn(batch, dim, L, generator=g), torch.randn(batch, dim, N, generator=g)
@@ -136,6 +138,20 @@ def test_single_option(opt, reverse):
 @pytest.mark.parametrize("groups", LAYOUTS)
 def test_half_inputs(groups, dtype, reverse):
     check(33, 16, groups, OPTS, reverse, dtype=dtype)
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+@pytest.mark.parametrize("opts", [pytest.param(OPTS, id="softplus"), pytest.param(("z", "D"), id="raw-delta")])
+def test_decay_extremes(opts, reverse):
+    """exp(delta A) where delta A falls far below fp32's range (the decay flushes to zero) and where A > 0 (growth):
+    the kernel caps 2^(delta A log2 e) only when delta A can be positive (a positive A, or delta without softplus)."""
+    N, dim = 8, 40
+    A = -(torch.rand(dim, N, generator=torch.Generator().manual_seed(3)) * 1.5 + 0.1)
+    A[:8] = -400.0  # with delta about 0.3, 2^(delta A log2 e) is below 2^-126 at every step
+    A[8:16, ::2] = 0.05  # growth, and the cap's code path
+    check(33, N, 0, opts, reverse, A=A)
+    check(33, N, 0, opts, reverse, A=A.clamp(max=-0.01))  # every A negative: the uncapped path under softplus
 
 
 @needs_kernel
