@@ -5,6 +5,14 @@ optional initial state and a ``reverse`` flag (scan from the last position to th
 """
 
 from .linear import linear
-from .selective_scan import BACKENDS, causal_conv1d, resolve_backend, selective_scan
+from .selective_scan import (
+                             BACKENDS,
+                             ScanDirection,
+                             causal_conv1d,
+                             resolve_backend,
+                             selective_scan,
+                             selective_scan_bidirectional,
+)
 
-__all__ = ["BACKENDS", "causal_conv1d", "linear", "resolve_backend", "selective_scan"]
+__all__ = ["BACKENDS", "ScanDirection", "causal_conv1d", "linear", "resolve_backend", "selective_scan",
+           "selective_scan_bidirectional"]

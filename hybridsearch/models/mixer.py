@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels import causal_conv1d, linear, resolve_backend, selective_scan
+from ..kernels import (
+    ScanDirection,
+    causal_conv1d,
+    linear,
+    resolve_backend,
+    selective_scan,
+    selective_scan_bidirectional,
+)
 from .hooks import AffixHook, Part, add_branches, effective, summed
 
 # suffix of each direction's own parameters: forward "" (conv1d), backward "_b" (conv1d_b)
@@ -121,7 +128,8 @@ class MambaMixer(nn.Module):
         # x and z as channels-innermost (B, E, L') views: the fused CPU kernels read them in place and the
         # split's backward is one concatenation (slices would cost a zero fill and a copy each).
         x, z = (t.transpose(1, 2) for t in xz.split(self.d_inner, dim=-1))
-        ys = []
+        ys: dict[str, Tensor] = {}
+        plain: dict[str, tuple[ScanDirection, Tensor | None]] = {}  # direction -> its scan's inputs, output term
         for d in self.directions:
             inner = prefix = None
             if affix is not None and not affix.outer:
@@ -130,14 +138,21 @@ class MambaMixer(nn.Module):
                 if prefix is None:
                     inner = affix.inner(d)
             if inner is None:  # the backward direction scans and convolves in reverse: nothing is flipped
-                ys.append(self._scan_direction(x, z, d, reverse=d == "b", prefix=prefix))
+                plain[d] = self._direction_inputs(x, d, reverse=d == "b", prefix=prefix)
             else:  # explicit tokens go in the direction's scan order, so the backward scan takes a flipped copy
                 seq = xz.transpose(1, 2)
                 seq, kept = inner(seq if d == "f" else seq.flip(-1))
                 E = self.d_inner
                 y = self._scan_direction(seq[:, :E], seq[:, E:], d)[..., kept]
-                ys.append(y if d == "f" else y.flip(-1))
-        y = ys[0] if len(ys) == 1 else (ys[0] + ys[1]) / 2  # Vim "if_devide_out"
+                ys[d] = y if d == "f" else y.flip(-1)
+        if len(plain) == 2 and all(term is None for _, term in plain.values()):
+            # Vim's "if_devide_out" average of the two directions, in one call (fused on the cpu backend)
+            y = selective_scan_bidirectional(plain["f"][0], plain["b"][0], z, delta_softplus=True,
+                                             backend=self.scan_backend)
+        else:
+            for d, (inputs, term) in plain.items():
+                ys[d] = self._scan(inputs, term, z, reverse=d == "b")
+            y = ys["f"] if len(ys) == 1 else (ys["f"] + ys["b"]) / 2  # Vim "if_devide_out"
         y = y.transpose(1, 2)  # (B, L', E)
         if affix is not None and affix.outer:
             y = y[:, keep]
@@ -146,7 +161,22 @@ class MambaMixer(nn.Module):
 
     def _scan_direction(self, x: Tensor, z: Tensor, d: str, reverse: bool = False,
                         prefix: Tensor | None = None) -> Tensor:
-        """One direction's conv and scan over x, z (B, E, L); returns the gated output (B, E, L).
+        """One direction's conv and scan over x, z (B, E, L); returns the gated output (B, E, L)."""
+        inputs, term = self._direction_inputs(x, d, reverse, prefix)
+        return self._scan(inputs, term, z, reverse)
+
+    def _scan(self, s: ScanDirection, term: Tensor | None, z: Tensor, reverse: bool) -> Tensor:
+        """The gated scan output (B, E, L) of one direction's inputs, plus its PEFT output term."""
+        y = selective_scan(s.u, s.delta, s.A, s.B, s.C, s.D, z=z, delta_bias=s.delta_bias, delta_softplus=True,
+                           initial_state=s.initial_state, reverse=reverse, backend=self.scan_backend)
+        if term is not None:  # a term of the scan's output before the gate: (C_t . h_t + D u_t + term_t) silu(z_t)
+            y = y + (term * F.silu(z.float())).to(y.dtype)
+        return y
+
+    def _direction_inputs(self, x: Tensor, d: str, reverse: bool = False,
+                          prefix: Tensor | None = None) -> tuple[ScanDirection, Tensor | None]:
+        """One direction's conv over x (B, E, L) and the scan inputs from it; and the PEFT methods' term of the
+        scan's output (None when none adds one).
 
         ``reverse`` runs the direction in reverse order (the conv of the flipped sequence, the scan from the
         last position) on the unflipped tensors. ``prefix`` (n, 2E) are prefix tokens shared by the batch,
@@ -178,14 +208,8 @@ class MambaMixer(nn.Module):
         s = self._ssm_inputs(x, d)
         if h0 is None:
             h0 = s.state(h_init, x.shape[0])
-        y = selective_scan(
-            x, s.delta, s.A, s.B, s.C, D, z=z, delta_bias=dt_bias, delta_softplus=True, initial_state=h0,
-            reverse=reverse, backend=backend,
-        )
         term = summed(self, "scan_output", d, _Readout(s.C_base))
-        if term is not None:  # a term of the scan's output before the gate: (C_t . h_t + D u_t + term_t) silu(z_t)
-            y = y + (term * F.silu(z.float())).to(y.dtype)
-        return y
+        return ScanDirection(x, s.delta, s.A, s.B, s.C, D, dt_bias, h0), term
 
     def _ssm_inputs(self, x: Tensor, d: str) -> _SSMInputs:
         """delta (B, E, L), A (E, N), B and C (B, N, L) from the conv output x (B, E, L); all but A are

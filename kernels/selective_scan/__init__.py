@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -115,6 +115,35 @@ def selective_scan(
     )
 
 
+class ScanDirection(NamedTuple):
+    """One direction's inputs of ``selective_scan_bidirectional`` (``selective_scan``'s, less z)."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor | None = None
+    delta_bias: Tensor | None = None
+    initial_state: Tensor | None = None
+
+
+def selective_scan_bidirectional(fwd: ScanDirection, bwd: ScanDirection, z: Tensor | None = None,
+                                 delta_softplus: bool = False, backend: str = "auto") -> Tensor:
+    """Vim's two directions averaged: ``(selective_scan(*fwd, z) + selective_scan(*bwd, z, reverse=True)) / 2``
+    ("if_devide_out"). The ``cpu`` backend runs both scans into one output buffer and one z gradient (no
+    separate add, halving and gradient sum); every other backend computes exactly that expression."""
+    name = resolve_backend(backend, fwd.u)
+    if name == "cpu" and fwd.u.numel():
+        from .cpu import selective_scan_bidirectional_cpu
+
+        return selective_scan_bidirectional_cpu(tuple(fwd), tuple(bwd), z, delta_softplus)
+    y_f, y_b = (selective_scan(d.u, d.delta, d.A, d.B, d.C, d.D, z, d.delta_bias, delta_softplus,
+                               initial_state=d.initial_state, reverse=reverse, backend=name)
+                for d, reverse in ((fwd, False), (bwd, True)))
+    return (y_f + y_b) / 2
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False,
                   backend: str = "auto") -> Tensor:
     """The mixer's depthwise causal conv1d (+ SiLU) of x (batch, dim, L); weight (dim, K) or (dim, 1, K), bias
@@ -131,4 +160,5 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
     return causal_conv1d_reference(x, weight, bias, silu, reverse)
 
 
-__all__ = ["BACKENDS", "ENV_BACKEND", "causal_conv1d", "resolve_backend", "selective_scan"]
+__all__ = ["BACKENDS", "ENV_BACKEND", "ScanDirection", "causal_conv1d", "resolve_backend", "selective_scan",
+           "selective_scan_bidirectional"]

@@ -202,6 +202,10 @@ struct ScanArgs {
   const float *A, *D, *bias, *h0, *dlast;  // fp32 contiguous (dim, N), (dim), (dim), (batch, dim, N) x 2
   float *last, *ckpt;                  // (batch, dim, N); checkpoints (hs_scan_ckpt_size floats)
   float *dA, *dD, *dbias, *dh0;        // (dim, N), (dim), (dim), (batch, dim, N)
+  // Two scans into one output (Vim's directions, averaged): out = scale * y, plus out's contents when accumulate;
+  // the backward reads scale * dout as y's gradient and adds dz to dz's contents when accumulate.
+  double scale;
+  int64_t accumulate;
 };
 
 // The depthwise causal conv1d of the Mamba mixer, with its SiLU: out = silu(bias + sum_k w[k] x[t - K + 1 + k])
@@ -405,13 +409,13 @@ struct Geometry {
 
 struct Scratch {
   std::vector<vf> h, Av, A2v, dH, dAacc, Dv, biasv, dDacc, dbacc;
-  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, hs, dAs, dBacc, dCacc;
+  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, acc, hs, dAs, dBacc, dCacc;
   std::vector<float> Bs, Cs, red;
   void reserve(const ScanArgs& a, bool backward) {
     size_t P = size_t(a.part), N = size_t(a.N), T = size_t(a.chunk);
     for (auto* v : {&h, &Av, &A2v, &dH, &dAacc}) v->resize(P * N);
     for (auto* v : {&Dv, &biasv, &dDacc, &dbacc}) v->resize(P);
-    for (auto* v : {&u, &dt, &dsp, &z, &dout, &y, &du, &ddl, &dz}) v->resize(T);
+    for (auto* v : {&u, &dt, &dsp, &z, &dout, &y, &du, &ddl, &dz, &acc}) v->resize(T);
     Bs.resize(T * N);
     Cs.resize(T * N);
     if (backward) {
@@ -423,6 +427,19 @@ struct Scratch {
     }
   }
 };
+
+// t[i] = scale * t[i], plus what `dst` holds at those positions when accumulating (ScanArgs::scale, accumulate).
+void scale_onto(const ScanArgs& a, const TArg& dst, Scratch& s, int64_t b, int64_t d0, int nc, int64_t t0, int nt,
+                vf* t, bool scale, bool accumulate) {
+  if (scale && a.scale != 1.0) {
+    const vf sc = splat(float(a.scale));
+    for (int i = 0; i < nt; ++i) t[i] *= sc;
+  }
+  if (accumulate && a.accumulate) {
+    load_tile(dst, b, d0, nc, t0, nt, s.acc.data());
+    for (int i = 0; i < nt; ++i) t[i] += s.acc[i];
+  }
+}
 
 // u, delta (+ bias, softplus), z of one block and chunk; dsp = d softplus / d raw when wanted.
 void load_inputs(const ScanArgs& a, Scratch& s, int64_t b, int64_t d0, int nc, int64_t t0, int nt, vf bias,
@@ -501,6 +518,7 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
         default: g_.cap ? forward_steps<0, true>(a, s, h, A2v, s.Dv[j], nt, N)
                         : forward_steps<0, false>(a, s, h, A2v, s.Dv[j], nt, N); break;
       }
+      scale_onto(a, a.out, s, b, d0, nc, t0, nt, s.y.data(), true, true);
       store_tile(a.out, b, d0, nc, t0, nt, s.y.data());
     }
   }
@@ -630,6 +648,7 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       vf* dAacc = &s.dAacc[j * N];
       load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], true);
       load_tile(a.dout, b, d0, nc, t0, nt, s.dout.data());
+      scale_onto(a, a.dout, s, b, d0, nc, t0, nt, s.dout.data(), true, false);
       std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
       switch (N) {  // a compile-time N keeps the carried gradient in registers
         case 8: g_.cap ? backward_steps<8, true>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc)
@@ -641,7 +660,10 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       }
       if (a.du.dtype) store_tile(a.du, b, d0, nc, t0, nt, s.du.data());
       if (a.ddelta.dtype) store_tile(a.ddelta, b, d0, nc, t0, nt, s.ddl.data());
-      if (a.dz.dtype) store_tile(a.dz, b, d0, nc, t0, nt, s.dz.data());
+      if (a.dz.dtype) {
+        scale_onto(a, a.dz, s, b, d0, nc, t0, nt, s.dz.data(), false, true);
+        store_tile(a.dz, b, d0, nc, t0, nt, s.dz.data());
+      }
     }
     if (want_bc) {
       for (int pair = 0; pair < 2; ++pair) {
@@ -803,7 +825,7 @@ void parallel_conv(const ConvArgs& a, F fn) {
 
 extern "C" {
 
-int64_t hs_scan_abi_version() { return 1; }
+int64_t hs_scan_abi_version() { return 2; }
 
 int64_t hs_scan_vector_width() { return W; }  // fp32 lanes per vector in this build
 

@@ -37,7 +37,7 @@ from hybridsearch.errors import HybridSearchError
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-pthread")
-_ABI = 1  # hs_scan_abi_version() of a library this wrapper can drive
+_ABI = 2  # hs_scan_abi_version() of a library this wrapper can drive
 # Channels per task (in vector blocks of vector_width()): fewer dB / dC partial sums and horizontal sums with more,
 # enough tasks to share out with fewer. 128 (8 blocks with AVX-512, 16 with AVX2) against 64 on AVX2: vim-proxy's scan
 # forward + backward 0.98x the time, training 0.99x, mamba-proxy's and Vim-S's scan unchanged (bench_kernel_ab.py).
@@ -218,7 +218,8 @@ _POINTERS = ("A", "D", "bias", "h0", "dlast", "last", "ckpt", "dA", "dD", "dbias
 
 class _Args(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int64) for n in _INTS] + [(n, _TArg) for n in _TENSORS]
-                + [(n, ctypes.c_void_p) for n in _POINTERS])
+                + [(n, ctypes.c_void_p) for n in _POINTERS]
+                + [("scale", ctypes.c_double), ("accumulate", ctypes.c_int64)])
 
 
 class ConvArgs(ctypes.Structure):
@@ -285,19 +286,53 @@ class _Call:
         a = _Args(batch, dim, L, N, G, _chunk(N), part, torch.get_num_threads(), self.softplus, self.reverse)
         a.u, a.delta, a.z, a.B, a.C = (targ(t) for t in (self.u, self.delta, self.z, self.B, self.C))
         a.A, a.D, a.bias, a.h0 = (ptr(t) for t in (self.A, self.D, self.bias, self.h0))
+        a.scale = 1.0
         return a
 
-    def forward(self, save: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    def forward(self, save: bool, out: Tensor | None = None,
+                scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor | None]:
+        """out = scale * the scan's output; given ``out`` (the kernel's dtype and layout), added onto it in place."""
         lib = library()
         batch, dim, L, G, N = self.shape
         a = self.args()
-        out = empty_like_layout(self.u)  # channels innermost stays so for the out_proj that follows
+        a.scale, a.accumulate = scale, out is not None
+        if out is None:
+            out = empty_like_layout(self.u)  # channels innermost stays so for the out_proj that follows
         last = torch.empty((batch, dim, N))
         ckpt = torch.empty(lib.hs_scan_ckpt_size(ctypes.byref(a))) if save else None
         a.out, a.last, a.ckpt = targ(out), ptr(last), ptr(ckpt)
         if lib.hs_scan_forward(ctypes.byref(a)):
             raise RuntimeError("the cpu selective scan failed (out of memory or threads)")
-        return _cast(out, self.out_dtype), last, ckpt
+        return out, last, ckpt
+
+    def backward(self, ckpt: Tensor, needs: tuple[bool, ...], dout: Tensor | None, dlast: Tensor | None,
+                 scale: float = 1.0, dz: Tensor | None = None) -> list[Tensor | None]:
+        """The input gradients (u, delta, A, B, C, D, z, delta_bias, initial_state; None where not wanted) for
+        the output's gradient ``dout`` (the scan's output times ``scale``); given ``dz``, z's gradient is added onto
+        it in place (and returned)."""
+        batch, dim, L, G, N = self.shape
+        lib = library()
+        a = self.args()
+        a.scale, a.accumulate = scale, dz is not None
+        dout = torch.zeros((batch, dim, L)) if dout is None else _readable(dout)
+        dlast = None if dlast is None else dlast.detach().float().contiguous()
+        du = _grad_like(self.u, needs[0])
+        ddelta = _grad_like(self.delta, needs[1])
+        if dz is None and self.z is not None:
+            dz = _grad_like(self.z, needs[6])
+        dB = _grad_like(self.B_in, needs[3])
+        dC = _grad_like(self.C_in, needs[4])
+        dA = torch.empty((dim, N)) if needs[2] else None
+        dD = torch.empty(dim) if self.D is not None and needs[5] else None
+        dbias = torch.empty(dim) if self.bias is not None and needs[7] else None
+        dh0 = torch.empty((batch, dim, N)) if self.h0 is not None and needs[8] else None
+        a.dout, a.du, a.ddelta, a.dz = (targ(t) for t in (dout, du, ddelta, dz))
+        a.dB, a.dC = (targ(None if t is None else t.unsqueeze(1) if t.dim() == 3 else t) for t in (dB, dC))
+        a.dlast, a.ckpt = ptr(dlast), ptr(ckpt)
+        a.dA, a.dD, a.dbias, a.dh0 = (ptr(t) for t in (dA, dD, dbias, dh0))
+        if lib.hs_scan_backward(ctypes.byref(a)):
+            raise RuntimeError("the cpu selective scan's backward failed (out of memory or threads)")
+        return [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
 
 
 def empty_like_layout(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -339,11 +374,16 @@ def _grad_like(t: Tensor, want: bool) -> Tensor | None:
     return empty_like_layout(t) if want else None
 
 
+def _cast_all(grads: list[Tensor | None], dtypes: tuple[torch.dtype | None, ...]) -> list[Tensor | None]:
+    return [None if g is None else _cast(g, dt) for g, dt in zip(grads, dtypes)]
+
+
 class _SelectiveScanCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse):
         call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
         out, last, ckpt = call.forward(save=True)
+        out = _cast(out, call.out_dtype)
         ctx.set_materialize_grads(False)
         ctx.call = call  # holds detached views of the inputs and the fp32 side tensors
         ctx.ckpt = ckpt
@@ -354,31 +394,70 @@ class _SelectiveScanCpu(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the backward is not itself differentiable: fail loudly on double grad
     def backward(ctx, dout, dlast):
-        call: _Call = ctx.call
-        needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state
-        batch, dim, L, G, N = call.shape
-        lib = library()
-        a = call.args()
-        dout = torch.zeros((batch, dim, L)) if dout is None else _readable(dout)
-        dlast = None if dlast is None else dlast.detach().float().contiguous()
-        du = _grad_like(call.u, needs[0])
-        ddelta = _grad_like(call.delta, needs[1])
-        dz = _grad_like(call.z, needs[6]) if call.z is not None else None
-        dB = _grad_like(call.B_in, needs[3])
-        dC = _grad_like(call.C_in, needs[4])
-        dA = torch.empty((dim, N)) if needs[2] else None
-        dD = torch.empty(dim) if call.D is not None and needs[5] else None
-        dbias = torch.empty(dim) if call.bias is not None and needs[7] else None
-        dh0 = torch.empty((batch, dim, N)) if call.h0 is not None and needs[8] else None
-        a.dout, a.du, a.ddelta, a.dz = (targ(t) for t in (dout, du, ddelta, dz))
-        a.dB, a.dC = (targ(None if t is None else t.unsqueeze(1) if t.dim() == 3 else t) for t in (dB, dC))
-        a.dlast, a.ckpt = ptr(dlast), ptr(ctx.ckpt)
-        a.dA, a.dD, a.dbias, a.dh0 = (ptr(t) for t in (dA, dD, dbias, dh0))
-        if lib.hs_scan_backward(ctypes.byref(a)):
-            raise RuntimeError("the cpu selective scan's backward failed (out of memory or threads)")
-        grads = [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
-        out = [None if g is None else _cast(g, ctx.dtypes[i]) for i, g in enumerate(grads)]
-        return (*out, None, None)
+        grads = ctx.call.backward(ctx.ckpt, ctx.needs_input_grad, dout, dlast)
+        return (*_cast_all(grads, ctx.dtypes), None, None)
+
+
+def _bidirectional_calls(z: Tensor | None, softplus: bool, tensors: tuple) -> tuple[_Call, _Call]:
+    """The two directions' calls: tensors are (u, delta, A, B, C, D, delta_bias, initial_state) of each."""
+    if len(tensors) != 16:
+        raise ValueError("each direction takes u, delta, A, B, C, D, delta_bias, initial_state")
+    f, b = tensors[:8], tensors[8:]
+    if f[0].shape != b[0].shape:
+        raise ValueError(f"the two directions' u must have one shape; got {tuple(f[0].shape)}, {tuple(b[0].shape)}")
+    return tuple(_Call(u, delta, A, B, C, D, z, bias, h0, softplus, reverse)  # type: ignore[return-value]
+                 for (u, delta, A, B, C, D, bias, h0), reverse in ((f, False), (b, True)))
+
+
+def _split_needs(needs: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """needs_input_grad of (z, softplus, 8 of direction f, 8 of b) as each call's (u, delta, A, B, C, D, z,
+    delta_bias, initial_state)."""
+    def one(n: tuple[bool, ...]) -> tuple[bool, ...]:
+        return (*n[:6], needs[0], n[6], n[7])
+
+    return one(needs[2:10]), one(needs[10:18])
+
+
+class _BidirectionalCpu(torch.autograd.Function):
+    """(scan_f + scan_b) / 2 with one z: the second scan adds half its output onto the first's half, and its
+    z gradient onto the first's, in the kernel (no separate add, halving and gradient sum)."""
+
+    @staticmethod
+    def forward(ctx, z, delta_softplus, *tensors):
+        calls = _bidirectional_calls(z, delta_softplus, tensors)
+        out, _, ckpt_f = calls[0].forward(save=True, scale=0.5)
+        _, _, ckpt_b = calls[1].forward(save=True, out=out, scale=0.5)
+        ctx.set_materialize_grads(False)
+        ctx.calls, ctx.ckpts = calls, (ckpt_f, ckpt_b)
+        dt = [None if t is None else t.dtype for t in tensors]
+        zt = None if z is None else z.dtype
+        ctx.dtypes = tuple((*d[:6], zt, *d[6:]) for d in (dt[:8], dt[8:]))
+        return _cast(out, calls[0].out_dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        (call_f, call_b), (ckpt_f, ckpt_b) = ctx.calls, ctx.ckpts
+        needs_f, needs_b = _split_needs(ctx.needs_input_grad)
+        g_f = call_f.backward(ckpt_f, needs_f, dout, None, scale=0.5)
+        g_b = call_b.backward(ckpt_b, needs_b, dout, None, scale=0.5, dz=g_f[6])  # dz: both directions' sum
+        g_f, g_b = _cast_all(g_f, ctx.dtypes[0]), _cast_all(g_b, ctx.dtypes[1])
+        return (g_b[6], None, *g_f[:6], *g_f[7:], *g_b[:6], *g_b[7:])
+
+
+def selective_scan_bidirectional_cpu(fwd: tuple, bwd: tuple, z: Tensor | None = None,
+                                     delta_softplus: bool = False) -> Tensor:
+    """(forward scan + reverse scan) / 2 with one z gate, on the fused C++ kernel: ``fwd`` and ``bwd`` are each
+    (u, delta, A, B, C, D, delta_bias, initial_state), ``bwd`` scanned in reverse. Equals the average of two
+    ``selective_scan_cpu`` calls (tests), with one output buffer and one z gradient written by both."""
+    library()
+    tensors = (*fwd, *bwd)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*tensors, z)):
+        return _BidirectionalCpu.apply(z, bool(delta_softplus), *tensors)
+    calls = _bidirectional_calls(z, bool(delta_softplus), tensors)
+    out, _, _ = calls[0].forward(save=False, scale=0.5)
+    calls[1].forward(save=False, out=out, scale=0.5)
+    return _cast(out, calls[0].out_dtype)
 
 
 def selective_scan_cpu(
@@ -414,8 +493,9 @@ def selective_scan_cpu(
     else:
         call = _Call(*tensors, delta_softplus, reverse)
         out, last, _ = call.forward(save=False)
+        out = _cast(out, call.out_dtype)
     return (out, last) if return_last_state else out
 
 
 __all__ = ["ConvArgs", "CpuScanUnavailable", "ScanBackendWarning", "available", "cache_dir", "empty_like_layout",
-           "library", "ptr", "selective_scan_cpu", "targ", "vector_width"]
+           "library", "ptr", "selective_scan_bidirectional_cpu", "selective_scan_cpu", "targ", "vector_width"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridsearch.kernels import causal_conv1d, selective_scan
+from hybridsearch.kernels import ScanDirection, causal_conv1d, selective_scan, selective_scan_bidirectional
 from hybridsearch.kernels.selective_scan.causal_conv1d import causal_conv1d_reference
 from hybridsearch.kernels.selective_scan.naive import naive_selective_scan
 
@@ -152,6 +152,75 @@ def test_decay_extremes(opts, reverse):
     A[8:16, ::2] = 0.05  # growth, and the cap's code path
     check(33, N, 0, opts, reverse, A=A)
     check(33, N, 0, opts, reverse, A=A.clamp(max=-0.01))  # every A negative: the uncapped path under softplus
+
+
+def _directions(batch, dim, L, N, groups, opts, dtype, layout):
+    """Two directions' inputs (different seeds) and one z, as ``make_inputs`` makes them."""
+    xs = [make_inputs(batch, dim, L, N, groups, opts, dtype, seed=seed, layout=layout)[0] for seed in (0, 1)]
+    z = xs[0]["z"]
+    dirs = [ScanDirection(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], x["initial_state"])
+            for x in xs]
+    return dirs, z
+
+
+def _leaves(dirs, z):
+    return [t for t in (*dirs[0], *dirs[1], z) if t is not None]
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["contiguous", "model"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("opts", [pytest.param(OPTS, id="all"), pytest.param(("softplus",), id="no-z"),
+                                  pytest.param(("z", "softplus"), id="z")])
+def test_bidirectional_equals_the_average_of_two_scans(opts, dtype, layout):
+    """One output buffer and one z gradient written by both directions: the same output and every gradient as
+    (forward scan + reverse scan) / 2 on the same kernel, and as the float64 loop."""
+    dirs, z = _directions(2, 40, 33, 8, 2, opts, dtype, layout)
+    softplus = "softplus" in opts
+    g = torch.randn(2, 40, 33, generator=torch.Generator().manual_seed(5)).to(dtype)
+
+    def two_scans(fn, dirs, z):
+        ys = [fn(d.u, d.delta, d.A, d.B, d.C, d.D, z, d.delta_bias, softplus, initial_state=d.initial_state,
+                 reverse=reverse) for d, reverse in zip(dirs, (False, True))]
+        return (ys[0] + ys[1]) / 2
+
+    fused = selective_scan_bidirectional(*dirs, z, softplus, backend="cpu")
+    assert fused.dtype == dtype and fused.shape == (2, 40, 33)
+    if layout == "model":
+        assert fused.stride(1) == 1  # channels innermost, as the out_proj that follows reads it
+    want = two_scans(lambda *a, **k: selective_scan(*a, **k, backend="cpu"), dirs, z)
+    got_g = torch.autograd.grad(fused, _leaves(dirs, z), g)
+    want_g = torch.autograd.grad(want, _leaves(dirs, z), g)
+    rtol, atol = (1e-6, 1e-6) if dtype == torch.float32 else (1e-2, 1e-2)  # bf16: one rounding more or less
+    torch.testing.assert_close(fused, want, rtol=rtol, atol=atol)
+    for a, b in zip(got_g, want_g):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol * max(1.0, b.abs().max().item()))
+    with torch.no_grad():  # the path without autograd gives the same output
+        torch.testing.assert_close(selective_scan_bidirectional(*dirs, z, softplus, backend="cpu"), fused,
+                                   rtol=0, atol=0)
+    if dtype == torch.float32:  # and both against float64
+        d64 = [ScanDirection(*(None if t is None else t.detach().double().requires_grad_() for t in d)) for d in dirs]
+        z64 = None if z is None else z.detach().double().requires_grad_()
+        want64 = two_scans(naive_selective_scan, d64, z64)
+        torch.testing.assert_close(fused.double(), want64, rtol=1e-4, atol=1e-5)
+        for a, b in zip(got_g, torch.autograd.grad(want64, _leaves(d64, z64), g.double())):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+def test_bidirectional_on_other_backends_is_the_plain_average():
+    dirs, z = _directions(2, 24, 9, 4, 0, OPTS, torch.float32, "contiguous")
+    want = [selective_scan(d.u, d.delta, d.A, d.B, d.C, d.D, z, d.delta_bias, True, initial_state=d.initial_state,
+                           reverse=r, backend="reference") for d, r in zip(dirs, (False, True))]
+    assert torch.equal(selective_scan_bidirectional(*dirs, z, True, backend="reference"), (want[0] + want[1]) / 2)
+
+
+@needs_kernel
+def test_bidirectional_rejects_directions_of_different_shapes():
+    dirs, z = _directions(2, 24, 9, 4, 0, OPTS, torch.float32, "contiguous")
+    other, _ = _directions(2, 24, 10, 4, 0, OPTS, torch.float32, "contiguous")
+    with pytest.raises(ValueError, match="one shape"):
+        selective_scan_bidirectional(dirs[0], other[1], z, True, backend="cpu")
 
 
 @needs_kernel

@@ -1,8 +1,9 @@
 """Whole models give the same logits and gradients with the fused ``cpu`` backend and the reference.
 
 The mixer runs the backward direction of Vim in reverse (conv and scan) without flipped copies on every backend,
-and inner prefix affix tokens as an initial state: these cases cover both, with PEFT methods that reach every
-input of the scan (LoRAp(X), Additional-scan, conv1d-tuning, Affix).
+its two directions as one bidirectional call when no method adds a term to a scan's output, and inner prefix
+affix tokens as an initial state: these cases cover all three, with PEFT methods that reach every input of the
+scan (LoRAp(X), Additional-scan, conv1d-tuning, Affix) and the state methods' output terms.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ CASES = {
     "vim+hybrid": (VIM, {"lora_X": {"rank": 2}, "additional_scan": {"states": 3}, "tune_conv1d": {},
                          "affix": {"tokens": 3, "placement": "dual_prefix"}}),
     "vim+suffix-affix": (VIM, {"affix": {"tokens": 2, "placement": "single_suffix"}, "lora_X": {"rank": 2}}),
+    # terms on the scan's output: each direction scanned on its own, then averaged
+    "vim+state": (VIM, {"init_state": {}, "state_offset": {}, "output_offset": {}, "lora_X": {"rank": 2}}),
     "lm": (LM, None),
     "lm+hybrid": (LM, {"lora_X": {"rank": 2}, "additional_scan": {"states": 6},
                        "affix": {"tokens": 2, "placement": "single_prefix"}}),
@@ -62,3 +65,21 @@ def test_same_logits_and_gradients(case: str, monkeypatch) -> None:
     for k, v in want.items():
         scale = max(1.0, v.abs().max().item())
         torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize(("methods", "fused"), [(None, True), ({"output_offset": {}}, False)],
+                         ids=["plain", "output-term"])
+def test_vim_directions_fused_unless_a_method_adds_an_output_term(methods, fused, monkeypatch) -> None:
+    """The cpu backend's bidirectional kernel call runs for Vim's two plain directions (once per layer)."""
+    monkeypatch.delenv("HYBRIDSEARCH_SCAN_BACKEND", raising=False)
+    import importlib
+
+    cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
+    calls = []
+    real = cpu.selective_scan_bidirectional_cpu
+    monkeypatch.setattr(cpu, "selective_scan_bidirectional_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build(VIM)
+    if methods:
+        model = apply_peft(model, {"methods": methods})
+    _run(model, torch.randn(2, 3, 16, 16), "cpu")
+    assert len(calls) == (VIM.depth if fused else 0)

@@ -67,7 +67,8 @@ def unreached(kind: str, name: str, phase: str, backend: str) -> dict[str, objec
     from hybridsearch.models import mamba2 as mamba2_mod
     from hybridsearch.models import mixer as mixer_mod
 
-    spied = [(mixer_mod, "selective_scan"), (mamba2_mod, "ssd_scan")]  # the scan each mixer calls
+    spied = [(mixer_mod, "selective_scan"), (mixer_mod, "selective_scan_bidirectional"),
+             (mamba2_mod, "ssd_scan")]  # the scans the mixers call
     reals = [getattr(mod, name) for mod, name in spied]
 
     def spy(real):
