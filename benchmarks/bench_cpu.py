@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from hybridsearch import apply_peft
 from hybridsearch.kernels import causal_conv1d, selective_scan
 from hybridsearch.models import VimConfig, build
+from hybridsearch.models.layers import RMSNorm
 from hybridsearch.process import keep_freed_memory
 from hybridsearch.training.recipe import Recipe, make_optimizer
 
@@ -152,8 +153,12 @@ def vim_proxy(peft: dict | None) -> torch.nn.Module:
 
 
 def _set_backend(model: torch.nn.Module, backend: str) -> None:
-    for m in model.mixers:
-        m.scan_backend = backend
+    """Every kernel of the model on ``backend``: the mixers' (scan, conv, projections) and the RMSNorms'."""
+    for m in model.modules():
+        if hasattr(m, "scan_backend"):
+            m.scan_backend = backend
+        if isinstance(m, RMSNorm):
+            m.backend = backend
 
 
 def vim_training_step(peft: dict | None, backend: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:

@@ -1,18 +1,21 @@
-"""Selective-scan kernels, importable only as ``hybridsearch.kernels``.
+"""The models' kernels, importable only as ``hybridsearch.kernels``: the selective scan (and Vim's two directions
+at once), Mamba-2's SSD scan, the mixer's causal conv1d and projections, the blocks' RMSNorm; each with its
+backends (docs/kernels.md).
 
 ``selective_scan`` has exactly the shapes and semantics of mamba_ssm's ``selective_scan_fn`` plus an
 optional initial state and a ``reverse`` flag (scan from the last position to the first without a flipped copy).
 """
 
 from .linear import linear
+from .rms_norm import rms_norm
 from .selective_scan import (
-                             BACKENDS,
-                             ScanDirection,
-                             causal_conv1d,
-                             resolve_backend,
-                             selective_scan,
-                             selective_scan_bidirectional,
+    BACKENDS,
+    ScanDirection,
+    causal_conv1d,
+    resolve_backend,
+    selective_scan,
+    selective_scan_bidirectional,
 )
 
-__all__ = ["BACKENDS", "ScanDirection", "causal_conv1d", "linear", "resolve_backend", "selective_scan",
+__all__ = ["BACKENDS", "ScanDirection", "causal_conv1d", "linear", "resolve_backend", "rms_norm", "selective_scan",
            "selective_scan_bidirectional"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..kernels import rms_norm
 from .mixer import MambaMixer
 
 
@@ -13,11 +14,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
+        self.backend = "auto"  # kernels.rms_norm's, resolved as the mixers' scan_backend
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, backend=self.backend)
 
 
 class DropPath(nn.Module):

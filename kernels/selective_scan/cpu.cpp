@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -215,6 +216,15 @@ struct ConvArgs {
   TArg x, out, dout, dx;          // (batch, dim, L)
   const float *w, *bias;          // fp32 contiguous (dim, K), (dim)
   float *dw, *dbias;              // (dim, K), (dim)
+};
+
+// RMSNorm of the blocks: out = x / sqrt(mean(x^2) + eps) * w over each row of d features.
+struct NormArgs {
+  int64_t rows, d, nthreads;
+  TArg x, out, dout, dx;  // (rows, d): s[0] the row stride, s[1] = 1
+  const float* w;         // fp32 contiguous (d)
+  float *rstd, *dw;       // (rows): 1 / sqrt(mean(x^2) + eps), written forward, read backward; (d)
+  double eps;
 };
 
 }  // extern "C"
@@ -821,6 +831,99 @@ void parallel_conv(const ConvArgs& a, F fn) {
   for (auto& th : pool) th.join();
 }
 
+// ---- RMSNorm ------------------------------------------------------------------------------------------------
+// One task per NORM_ROWS rows (a fixed split: the d(w) partials per task are summed in task order, so results do
+// not depend on the thread count). A row is read into fp32 scratch padded with zeros to whole vectors.
+constexpr int64_t NORM_ROWS = 64;
+
+struct NormScratch {
+  std::vector<vf> x, g, w;
+  int64_t nv = 0;
+  explicit NormScratch(const NormArgs& a) : nv((a.d + W - 1) / W) {
+    x.assign(size_t(nv), vf{});
+    g.assign(size_t(nv), vf{});
+    w.assign(size_t(nv), vf{});
+    std::memcpy(w.data(), a.w, sizeof(float) * size_t(a.d));
+  }
+};
+
+template <class Ty>
+void load_row_t(const typename Ty::T* p, int64_t d, float* dst) {
+  for (int64_t c = 0; c < d; ++c) dst[c] = Ty::in(p[c]);
+}
+
+void load_row(const TArg& a, int64_t r, int64_t d, vf* dst) {
+  float* f = reinterpret_cast<float*>(dst);
+  switch (a.dtype) {
+    case 1: load_row_t<F32>(static_cast<const float*>(a.data) + r * a.s[0], d, f); break;
+    case 2: load_row_t<BF16>(static_cast<const uint16_t*>(a.data) + r * a.s[0], d, f); break;
+    default: load_row_t<F16>(static_cast<const uint16_t*>(a.data) + r * a.s[0], d, f); break;
+  }
+}
+
+template <class Ty>
+void store_row_t(typename Ty::T* p, int64_t d, const float* src) {
+  for (int64_t c = 0; c < d; ++c) p[c] = Ty::out(src[c]);
+}
+
+void store_row(const TArg& a, int64_t r, int64_t d, const vf* src) {
+  const float* f = reinterpret_cast<const float*>(src);
+  switch (a.dtype) {
+    case 1: store_row_t<F32>(static_cast<float*>(a.data) + r * a.s[0], d, f); break;
+    case 2: store_row_t<BF16>(static_cast<uint16_t*>(a.data) + r * a.s[0], d, f); break;
+    default: store_row_t<F16>(static_cast<uint16_t*>(a.data) + r * a.s[0], d, f); break;
+  }
+}
+
+void norm_forward_task(const NormArgs& a, int64_t task, NormScratch& s) {
+  const float inv_d = 1.0f / float(a.d);
+  for (int64_t r = task * NORM_ROWS, end = std::min(a.rows, r + NORM_ROWS); r < end; ++r) {
+    load_row(a.x, r, a.d, s.x.data());
+    vf ss{};
+    for (int64_t v = 0; v < s.nv; ++v) ss += s.x[v] * s.x[v];
+    const float rstd = 1.0f / std::sqrt(hsum(ss) * inv_d + float(a.eps));
+    if (a.rstd) a.rstd[r] = rstd;
+    for (int64_t v = 0; v < s.nv; ++v) s.x[v] = s.x[v] * rstd * s.w[v];
+    store_row(a.out, r, a.d, s.x.data());
+  }
+}
+
+// dx = rstd (w dy) - rstd^3 / d (sum_j w_j dy_j x_j) x;  d(w) += dy x rstd, into this task's partial.
+void norm_backward_task(const NormArgs& a, int64_t task, NormScratch& s, float* pdw) {
+  const float inv_d = 1.0f / float(a.d);
+  std::vector<vf> dw(size_t(s.nv), vf{});
+  for (int64_t r = task * NORM_ROWS, end = std::min(a.rows, r + NORM_ROWS); r < end; ++r) {
+    load_row(a.x, r, a.d, s.x.data());
+    load_row(a.dout, r, a.d, s.g.data());
+    const float rstd = a.rstd[r];
+    vf dot{};
+    for (int64_t v = 0; v < s.nv; ++v) {
+      dw[v] += s.g[v] * s.x[v] * rstd;
+      s.g[v] *= s.w[v];
+      dot += s.g[v] * s.x[v];
+    }
+    const float k = rstd * rstd * rstd * inv_d * hsum(dot);
+    for (int64_t v = 0; v < s.nv; ++v) s.g[v] = s.g[v] * rstd - s.x[v] * k;
+    if (a.dx.dtype) store_row(a.dx, r, a.d, s.g.data());
+  }
+  if (pdw) std::memcpy(pdw, dw.data(), sizeof(float) * size_t(a.d));
+}
+
+template <class F>
+void parallel_norm(const NormArgs& a, F fn) {
+  const int64_t ntasks = (a.rows + NORM_ROWS - 1) / NORM_ROWS;
+  const int64_t nthreads = std::max<int64_t>(1, std::min(a.nthreads, ntasks));
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    NormScratch s(a);
+    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 extern "C" {
@@ -863,6 +966,35 @@ int hs_conv_backward(const ConvArgs* a) {
       std::copy(src.begin(), src.begin() + n, dst);
       for (int64_t b = 1; b < a->batch; ++b)
         for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
+    }
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int hs_norm_forward(const NormArgs* a) {
+  try {
+    parallel_norm(*a, [&](int64_t t, NormScratch& s) { norm_forward_task(*a, t, s); });
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int hs_norm_backward(const NormArgs* a) {
+  try {
+    static thread_local std::vector<float> partials;  // (tasks, d), reused across calls
+    std::vector<float>& pw = partials;  // a reference: what the workers' lambdas capture
+    const int64_t ntasks = (a->rows + NORM_ROWS - 1) / NORM_ROWS;
+    if (a->dw) pw.resize(std::max(pw.size(), size_t(ntasks * a->d)));
+    parallel_norm(*a, [&](int64_t t, NormScratch& s) {
+      norm_backward_task(*a, t, s, a->dw ? pw.data() + t * a->d : nullptr);
+    });
+    if (a->dw) {  // fixed-order sum over the tasks
+      std::copy(pw.begin(), pw.begin() + a->d, a->dw);
+      for (int64_t t = 1; t < ntasks; ++t)
+        for (int64_t c = 0; c < a->d; ++c) a->dw[c] += pw[t * a->d + c];
     }
     return 0;
   } catch (...) {

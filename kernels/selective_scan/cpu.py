@@ -158,7 +158,8 @@ def _load(path: Path) -> ctypes.CDLL:
         raise CpuScanUnavailable(f"{path} has ABI {lib.hs_scan_abi_version()}, expected {_ABI}")
     for fn, arg, res in (("hs_scan_ckpt_size", _Args, ctypes.c_int64), ("hs_scan_forward", _Args, ctypes.c_int),
                          ("hs_scan_backward", _Args, ctypes.c_int), ("hs_conv_forward", ConvArgs, ctypes.c_int),
-                         ("hs_conv_backward", ConvArgs, ctypes.c_int)):
+                         ("hs_conv_backward", ConvArgs, ctypes.c_int), ("hs_norm_forward", NormArgs, ctypes.c_int),
+                         ("hs_norm_backward", NormArgs, ctypes.c_int)):
         getattr(lib, fn).argtypes = [ctypes.POINTER(arg)]
         getattr(lib, fn).restype = res
     return lib
@@ -226,6 +227,12 @@ class ConvArgs(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "dim", "L", "K", "nthreads", "silu", "reverse")]
                 + [(n, _TArg) for n in ("x", "out", "dout", "dx")]
                 + [(n, ctypes.c_void_p) for n in ("w", "bias", "dw", "dbias")])
+
+
+class NormArgs(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in ("rows", "d", "nthreads")]
+                + [(n, _TArg) for n in ("x", "out", "dout", "dx")]
+                + [(n, ctypes.c_void_p) for n in ("w", "rstd", "dw")] + [("eps", ctypes.c_double)])
 
 
 def targ(t: Tensor | None) -> _TArg:
@@ -497,5 +504,6 @@ def selective_scan_cpu(
     return (out, last) if return_last_state else out
 
 
-__all__ = ["ConvArgs", "CpuScanUnavailable", "ScanBackendWarning", "available", "cache_dir", "empty_like_layout",
-           "library", "ptr", "selective_scan_bidirectional_cpu", "selective_scan_cpu", "targ", "vector_width"]
+__all__ = ["ConvArgs", "CpuScanUnavailable", "NormArgs", "ScanBackendWarning", "available", "cache_dir",
+           "empty_like_layout", "library", "ptr", "selective_scan_bidirectional_cpu", "selective_scan_cpu", "targ",
+           "vector_width"]

@@ -2,8 +2,9 @@
 
 The mixer runs the backward direction of Vim in reverse (conv and scan) without flipped copies on every backend,
 its two directions as one bidirectional call when no method adds a term to a scan's output, and inner prefix
-affix tokens as an initial state: these cases cover all three, with PEFT methods that reach every input of the
-scan (LoRAp(X), Additional-scan, conv1d-tuning, Affix) and the state methods' output terms.
+affix tokens as an initial state; the RMSNorms follow the backend too. These cases cover all of it, with PEFT
+methods that reach every input of the scan (LoRAp(X), Additional-scan, conv1d-tuning, Affix) and the state
+methods' output terms.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from hybridsearch import apply_peft
 from hybridsearch.models import MambaConfig, VimConfig, build
+from hybridsearch.models.layers import RMSNorm
 
 pytestmark = pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                                 reason="no C++ compiler: the cpu backend cannot be built")
@@ -37,6 +39,9 @@ CASES = {
 def _run(model: torch.nn.Module, x: torch.Tensor, backend: str) -> dict[str, torch.Tensor]:
     for m in model.mixers:
         m.scan_backend = backend
+    for m in model.modules():
+        if isinstance(m, RMSNorm):
+            m.backend = backend
     model.zero_grad(set_to_none=True)
     out = model(x)
     (out * torch.arange(out.numel(), dtype=torch.float32).view_as(out).cos()).sum().backward()
