@@ -12,10 +12,11 @@ from .selective_scan import (
     BACKENDS,
     ScanDirection,
     causal_conv1d,
+    causal_conv1d_bidirectional,
     resolve_backend,
     selective_scan,
     selective_scan_bidirectional,
 )
 
-__all__ = ["BACKENDS", "ScanDirection", "causal_conv1d", "linear", "resolve_backend", "rms_norm", "selective_scan",
-           "selective_scan_bidirectional"]
+__all__ = ["BACKENDS", "ScanDirection", "causal_conv1d", "causal_conv1d_bidirectional", "linear", "resolve_backend",
+           "rms_norm", "selective_scan", "selective_scan_bidirectional"]

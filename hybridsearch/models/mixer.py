@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..kernels import (
     ScanDirection,
     causal_conv1d,
+    causal_conv1d_bidirectional,
     linear,
     resolve_backend,
     selective_scan,
@@ -130,6 +131,7 @@ class MambaMixer(nn.Module):
         x, z = (t.transpose(1, 2) for t in xz.split(self.d_inner, dim=-1))
         ys: dict[str, Tensor] = {}
         plain: dict[str, tuple[ScanDirection, Tensor | None]] = {}  # direction -> its scan's inputs, output term
+        affixes = {}  # direction -> (inner tokens, prefix tokens)
         for d in self.directions:
             inner = prefix = None
             if affix is not None and not affix.outer:
@@ -137,8 +139,15 @@ class MambaMixer(nn.Module):
                     prefix = affix.prefix(d)
                 if prefix is None:
                     inner = affix.inner(d)
+            affixes[d] = (inner, prefix)
+        convs: dict[str, Tensor] = {}  # Vim's two directions' convs of x as one call
+        if len(affixes) == 2 and all(inner is None and prefix is None for inner, prefix in affixes.values()):
+            convs["f"], convs["b"] = causal_conv1d_bidirectional(
+                x, *(self.eff(f"conv1d.{p}", d) for d in ("f", "b") for p in ("weight", "bias")),
+                backend=self.scan_backend)
+        for d, (inner, prefix) in affixes.items():
             if inner is None:  # the backward direction scans and convolves in reverse: nothing is flipped
-                plain[d] = self._direction_inputs(x, d, reverse=d == "b", prefix=prefix)
+                plain[d] = self._direction_inputs(x, d, reverse=d == "b", prefix=prefix, u=convs.get(d))
             else:  # explicit tokens go in the direction's scan order, so the backward scan takes a flipped copy
                 seq = xz.transpose(1, 2)
                 seq, kept = inner(seq if d == "f" else seq.flip(-1))
@@ -173,10 +182,10 @@ class MambaMixer(nn.Module):
             y = y + (term * F.silu(z.float())).to(y.dtype)
         return y
 
-    def _direction_inputs(self, x: Tensor, d: str, reverse: bool = False,
-                          prefix: Tensor | None = None) -> tuple[ScanDirection, Tensor | None]:
-        """One direction's conv over x (B, E, L) and the scan inputs from it; and the PEFT methods' term of the
-        scan's output (None when none adds one).
+    def _direction_inputs(self, x: Tensor, d: str, reverse: bool = False, prefix: Tensor | None = None,
+                          u: Tensor | None = None) -> tuple[ScanDirection, Tensor | None]:
+        """One direction's conv over x (B, E, L) (or ``u``, that conv already done) and the scan inputs from it;
+        and the PEFT methods' term of the scan's output (None when none adds one).
 
         ``reverse`` runs the direction in reverse order (the conv of the flipped sequence, the scan from the
         last position) on the unflipped tensors. ``prefix`` (n, 2E) are prefix tokens shared by the batch,
@@ -186,13 +195,16 @@ class MambaMixer(nn.Module):
         """
         E, K1, backend = self.d_inner, self.d_conv - 1, self.scan_backend
         L = x.shape[-1]
-        conv_w, conv_b = self.eff("conv1d.weight", d), self.eff("conv1d.bias", d)
         D, dt_bias = self.eff("D", d).float(), self.eff("dt_proj.bias", d).float()
         h_init = summed(self, "initial_state", d)  # (E, N): the state before the first token the scan reads
         h0 = None
-        if prefix is None:
-            x = causal_conv1d(x, conv_w, conv_b, reverse=reverse, backend=backend)
+        if u is not None:
+            x = u
+        elif prefix is None:
+            x = causal_conv1d(x, self.eff("conv1d.weight", d), self.eff("conv1d.bias", d), reverse=reverse,
+                              backend=backend)
         else:
+            conv_w, conv_b = self.eff("conv1d.weight", d), self.eff("conv1d.bias", d)
             px = prefix.to(x.dtype).t()[None, :E]  # (1, E, n) in scan order; the z half only gates dropped outputs
             x_pre = causal_conv1d(px, conv_w, conv_b, backend=backend)
             ctx = F.pad(px, (K1, 0))[..., px.shape[-1]:]  # the K1 conv inputs before position 0 (zeros if n < K1)

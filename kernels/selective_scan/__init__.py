@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
-from .causal_conv1d import causal_conv1d_cpu, causal_conv1d_reference
+from .causal_conv1d import causal_conv1d_bidirectional_cpu, causal_conv1d_cpu, causal_conv1d_reference
 from .reference import selective_scan_reference
 
 
@@ -144,21 +144,41 @@ def selective_scan_bidirectional(fwd: ScanDirection, bwd: ScanDirection, z: Tens
     return (y_f + y_b) / 2
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False,
-                  backend: str = "auto") -> Tensor:
-    """The mixer's depthwise causal conv1d (+ SiLU) of x (batch, dim, L); weight (dim, K) or (dim, 1, K), bias
-    (dim,). ``reverse``: the conv of the flipped sequence, flipped back. The backend is resolved as the scan's:
-    ``cpu`` runs the fused C++ kernel, every other one ``F.conv1d`` (causal_conv1d.py)."""
+def _conv_weight(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """weight as (dim, K), after checking the shapes against x (batch, dim, L)."""
     if weight.dim() == 3:
         weight = weight.squeeze(1)
     if (x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]
             or (bias is not None and tuple(bias.shape) != (x.shape[1],))):
         raise ValueError(f"causal_conv1d needs x (batch, dim, L), weight (dim, K), bias (dim,); got "
                          f"{tuple(x.shape)}, {tuple(weight.shape)}, {None if bias is None else tuple(bias.shape)}")
+    return weight
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False,
+                  backend: str = "auto") -> Tensor:
+    """The mixer's depthwise causal conv1d (+ SiLU) of x (batch, dim, L); weight (dim, K) or (dim, 1, K), bias
+    (dim,). ``reverse``: the conv of the flipped sequence, flipped back. The backend is resolved as the scan's:
+    ``cpu`` runs the fused C++ kernel, every other one ``F.conv1d`` (causal_conv1d.py)."""
+    weight = _conv_weight(x, weight, bias)
     if resolve_backend(backend, x) == "cpu" and x.numel() and weight.shape[1]:
         return causal_conv1d_cpu(x, weight, bias, silu, reverse)
     return causal_conv1d_reference(x, weight, bias, silu, reverse)
 
 
-__all__ = ["BACKENDS", "ENV_BACKEND", "ScanDirection", "causal_conv1d", "resolve_backend", "selective_scan",
-           "selective_scan_bidirectional"]
+def causal_conv1d_bidirectional(x: Tensor, weight_f: Tensor, bias_f: Tensor | None, weight_b: Tensor,
+                                bias_b: Tensor | None, silu: bool = True,
+                                backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Vim's two directions' convs of one x: ``(causal_conv1d(x, weight_f, bias_f), causal_conv1d(x, weight_b,
+    bias_b, reverse=True))``. The ``cpu`` backend runs them as one autograd node whose backward adds both input
+    gradients in the kernel; every other backend makes exactly those two calls."""
+    weight_f, weight_b = _conv_weight(x, weight_f, bias_f), _conv_weight(x, weight_b, bias_b)
+    if (resolve_backend(backend, x) == "cpu" and x.numel() and weight_f.shape[1]
+            and weight_b.shape == weight_f.shape):
+        return causal_conv1d_bidirectional_cpu(x, weight_f, bias_f, weight_b, bias_b, silu)
+    return (causal_conv1d(x, weight_f, bias_f, silu, backend=backend),
+            causal_conv1d(x, weight_b, bias_b, silu, reverse=True, backend=backend))
+
+
+__all__ = ["BACKENDS", "ENV_BACKEND", "ScanDirection", "causal_conv1d", "causal_conv1d_bidirectional",
+           "resolve_backend", "selective_scan", "selective_scan_bidirectional"]

@@ -40,21 +40,55 @@ def _args(x: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool) -> 
     return a
 
 
+_READ = (torch.float32, torch.bfloat16, torch.float16)  # read and written in place; others go through fp32
+
+
+def _readable(t: Tensor) -> Tensor:
+    return t.detach() if t.dtype in _READ else t.detach().float()
+
+
+def _params(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    return weight.detach().float().contiguous(), None if bias is None else bias.detach().float().contiguous()
+
+
+def _forward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool) -> Tensor:
+    out = empty_like_layout(xr)
+    a = _args(xr, w, b, silu, reverse)
+    a.out = targ(out)
+    if library().hs_conv_forward(ctypes.byref(a)):
+        raise RuntimeError("the cpu causal conv1d failed (out of memory or threads)")
+    return out
+
+
+def _backward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool, dout: Tensor,
+              needs: tuple[bool, bool, bool], dx: Tensor | None = None) -> tuple[Tensor | None, ...]:
+    """(dx, dw, db) for the output's gradient ``dout``; given ``dx``, x's gradient is added onto it in place."""
+    dout = _readable(dout)
+    accumulate = dx is not None
+    if dx is None and needs[0]:
+        dx = empty_like_layout(xr)
+    dw = torch.empty(w.shape) if needs[1] else None
+    db = torch.empty(w.shape[0]) if b is not None and needs[2] else None
+    a = _args(xr, w, b, silu, reverse)
+    a.dout, a.dx, a.dw, a.dbias, a.accumulate = targ(dout), targ(dx), ptr(dw), ptr(db), accumulate
+    if library().hs_conv_backward(ctypes.byref(a)):
+        raise RuntimeError("the cpu causal conv1d's backward failed (out of memory or threads)")
+    return dx, dw, db
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    return None if t is None or dtype is None else t.to(dtype)
+
+
 class _CausalConv1dCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu, reverse):
-        xr = x.detach() if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.detach().float()
-        w = weight.detach().float().contiguous()
-        b = None if bias is None else bias.detach().float().contiguous()
-        out = empty_like_layout(xr)
-        a = _args(xr, w, b, silu, reverse)
-        a.out = targ(out)
-        if library().hs_conv_forward(ctypes.byref(a)):
-            raise RuntimeError("the cpu causal conv1d failed (out of memory or threads)")
+        xr, (w, b) = _readable(x), _params(weight, bias)
+        out = _forward(xr, w, b, silu, reverse)
         ctx.save_for_backward(xr, w, b)
         ctx.flags = (silu, reverse, x.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.set_materialize_grads(False)
-        return out if out.dtype == x.dtype else out.to(x.dtype)
+        return out.to(x.dtype)
 
     @staticmethod
     @once_differentiable
@@ -63,18 +97,39 @@ class _CausalConv1dCpu(torch.autograd.Function):
         silu, reverse, x_dtype, w_dtype, b_dtype = ctx.flags
         if dout is None:
             return None, None, None, None, None
+        dx, dw, db = _backward(xr, w, b, silu, reverse, dout, ctx.needs_input_grad[:3])
+        return _cast(dx, x_dtype), _cast(dw, w_dtype), _cast(db, b_dtype), None, None
+
+
+class _CausalConv1dPairCpu(torch.autograd.Function):
+    """Vim's two directions' convs of one x, (conv, reverse conv): one node, and the backward adds the second
+    direction's input gradient onto the first's in the kernel (no separate sum)."""
+
+    @staticmethod
+    def forward(ctx, x, weight_f, bias_f, weight_b, bias_b, silu):
+        xr = _readable(x)
+        (wf, bf), (wb, bb) = _params(weight_f, bias_f), _params(weight_b, bias_b)
+        outs = (_forward(xr, wf, bf, silu, False), _forward(xr, wb, bb, silu, True))
+        ctx.save_for_backward(xr, wf, bf, wb, bb)
+        ctx.flags = (silu, x.dtype, *(None if t is None else t.dtype for t in (weight_f, bias_f, weight_b, bias_b)))
+        ctx.set_materialize_grads(False)
+        return tuple(o.to(x.dtype) for o in outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout_f, dout_b):
+        xr, wf, bf, wb, bb = ctx.saved_tensors
+        silu, x_dtype, *dtypes = ctx.flags
         needs = ctx.needs_input_grad
-        if dout.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            dout = dout.float()
-        dx = empty_like_layout(xr) if needs[0] else None
-        dw = torch.empty(w.shape) if needs[1] else None
-        db = torch.empty(w.shape[0]) if b is not None and needs[2] else None
-        a = _args(xr, w, b, silu, reverse)
-        a.dout, a.dx, a.dw, a.dbias = targ(dout), targ(dx), ptr(dw), ptr(db)
-        if library().hs_conv_backward(ctypes.byref(a)):
-            raise RuntimeError("the cpu causal conv1d's backward failed (out of memory or threads)")
-        return (None if dx is None else dx.to(x_dtype), None if dw is None else dw.to(w_dtype),
-                None if db is None else db.to(b_dtype), None, None)
+        dx, grads = None, []
+        for (w, b), reverse, dout, nw, nb in (((wf, bf), False, dout_f, needs[1], needs[2]),
+                                               ((wb, bb), True, dout_b, needs[3], needs[4])):
+            if dout is None:
+                grads += [None, None]
+                continue
+            dx, dw, db = _backward(xr, w, b, silu, reverse, dout, (needs[0], nw, nb), dx=dx)
+            grads += [dw, db]
+        return (_cast(dx, x_dtype), *(_cast(g, dt) for g, dt in zip(grads, dtypes)), None)
 
 
 def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
@@ -86,4 +141,12 @@ def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None = None, sil
     return _CausalConv1dCpu.apply(x, weight, bias, bool(silu), bool(reverse))
 
 
-__all__ = ["causal_conv1d_cpu", "causal_conv1d_reference"]
+def causal_conv1d_bidirectional_cpu(x: Tensor, weight_f: Tensor, bias_f: Tensor | None, weight_b: Tensor,
+                                    bias_b: Tensor | None, silu: bool = True) -> tuple[Tensor, Tensor]:
+    """(the conv of x, the reverse conv of x) on the fused kernel, as one autograd node; weights (dim, K)."""
+    if any(t is not None and t.device.type != "cpu" for t in (x, weight_f, bias_f, weight_b, bias_b)):
+        raise ValueError("the cpu causal conv1d needs CPU tensors")
+    return _CausalConv1dPairCpu.apply(x, weight_f, bias_f, weight_b, bias_b, bool(silu))
+
+
+__all__ = ["causal_conv1d_bidirectional_cpu", "causal_conv1d_cpu", "causal_conv1d_reference"]

@@ -216,6 +216,7 @@ struct ConvArgs {
   TArg x, out, dout, dx;          // (batch, dim, L)
   const float *w, *bias;          // fp32 contiguous (dim, K), (dim)
   float *dw, *dbias;              // (dim, K), (dim)
+  int64_t accumulate;             // the backward adds dx onto dx's contents (Vim's two directions' convs of one x)
 };
 
 // RMSNorm of the blocks: out = x / sqrt(mean(x^2) + eps) * w over each row of d features.
@@ -725,12 +726,13 @@ void parallel_tasks(int64_t ntasks, int64_t nthreads, const ScanArgs& a, bool ba
 // One task per (sequence, block of W channels); the whole sequence of the block sits in scratch, padded by K - 1
 // zeros at both ends, so every position reads the same way: xp[j] = x[j - (K - 1)].
 struct ConvScratch {
-  std::vector<vf> xp, pre, dp, w, dw;
+  std::vector<vf> xp, pre, dp, w, dw, acc;
   void reserve(const ConvArgs& a) {
     size_t pad = size_t(a.L + 2 * (a.K - 1));
     xp.assign(pad, vf{});
     dp.assign(pad, vf{});
     pre.resize(size_t(a.L));
+    if (a.accumulate) acc.resize(size_t(a.L));
     w.resize(size_t(a.K));
     dw.resize(size_t(a.K));
   }
@@ -810,8 +812,14 @@ void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::ve
       for (int64_t k = 0; k < K; ++k) acc += s.w[k] * s.dp[t + (a.reverse ? k : 2 * (K - 1) - k)];
       out[t] = acc;
     }
-    for (int64_t t0 = 0; t0 < L; t0 += 256)
-      store_tile(a.dx, b, d0, nc, t0, int(std::min<int64_t>(256, L - t0)), out.data() + t0);
+    for (int64_t t0 = 0; t0 < L; t0 += 256) {
+      const int nt = int(std::min<int64_t>(256, L - t0));
+      if (a.accumulate) {
+        load_tile(a.dx, b, d0, nc, t0, nt, s.acc.data() + t0);
+        for (int64_t t = t0; t < t0 + nt; ++t) out[t] += s.acc[t];
+      }
+      store_tile(a.dx, b, d0, nc, t0, nt, out.data() + t0);
+    }
   }
 }
 
@@ -928,7 +936,7 @@ void parallel_norm(const NormArgs& a, F fn) {
 
 extern "C" {
 
-int64_t hs_scan_abi_version() { return 2; }
+int64_t hs_scan_abi_version() { return 3; }
 
 int64_t hs_scan_vector_width() { return W; }  // fp32 lanes per vector in this build
 

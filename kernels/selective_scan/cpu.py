@@ -37,7 +37,7 @@ from hybridsearch.errors import HybridSearchError
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-pthread")
-_ABI = 2  # hs_scan_abi_version() of a library this wrapper can drive
+_ABI = 3  # hs_scan_abi_version() of a library this wrapper can drive
 # Channels per task (in vector blocks of vector_width()): fewer dB / dC partial sums and horizontal sums with more,
 # enough tasks to share out with fewer. 128 (8 blocks with AVX-512, 16 with AVX2) against 64 on AVX2: vim-proxy's scan
 # forward + backward 0.98x the time, training 0.99x, mamba-proxy's and Vim-S's scan unchanged (bench_kernel_ab.py).
@@ -226,7 +226,7 @@ class _Args(ctypes.Structure):
 class ConvArgs(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "dim", "L", "K", "nthreads", "silu", "reverse")]
                 + [(n, _TArg) for n in ("x", "out", "dout", "dx")]
-                + [(n, ctypes.c_void_p) for n in ("w", "bias", "dw", "dbias")])
+                + [(n, ctypes.c_void_p) for n in ("w", "bias", "dw", "dbias")] + [("accumulate", ctypes.c_int64)])
 
 
 class NormArgs(ctypes.Structure):

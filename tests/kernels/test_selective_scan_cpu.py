@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridsearch.kernels import ScanDirection, causal_conv1d, selective_scan, selective_scan_bidirectional
+from hybridsearch.kernels import (
+    ScanDirection,
+    causal_conv1d,
+    causal_conv1d_bidirectional,
+    selective_scan,
+    selective_scan_bidirectional,
+)
 from hybridsearch.kernels.selective_scan.causal_conv1d import causal_conv1d_reference
 from hybridsearch.kernels.selective_scan.naive import naive_selective_scan
 
@@ -461,6 +467,39 @@ def test_conv_half_inputs_and_determinism():
         assert torch.equal(a, c)
     want = causal_conv1d_reference(x.detach().double(), w.detach().double(), b.detach().double(), True, True)
     torch.testing.assert_close(runs[0][0].double(), want, rtol=2e-2, atol=2e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("used", ["both", "forward-only"])
+def test_conv_bidirectional_equals_two_convs(used, dtype):
+    """Vim's two convs of one x as one node: the same outputs and gradients as two calls (x's summed in the
+    kernel), also when only one direction's output reaches the loss."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 17, 80, generator=g)[..., :40].to(dtype).transpose(1, 2).detach().requires_grad_()
+    params = [t.requires_grad_() for t in (torch.randn(40, 4, generator=g), torch.randn(40, generator=g),
+                                           torch.randn(40, 4, generator=g), torch.randn(40, generator=g))]
+    gouts = [torch.randn(3, 40, 17, generator=g).to(dtype) for _ in range(2)]
+
+    def grads(outs):
+        loss = sum((o.float() * go.float()).sum() for o, go in zip(outs[: 1 if used == "forward-only" else 2], gouts))
+        return torch.autograd.grad(loss, [x, *params], allow_unused=True)
+
+    fused = causal_conv1d_bidirectional(x, *params, backend="cpu")
+    two = (causal_conv1d(x, *params[:2], backend="cpu"), causal_conv1d(x, *params[2:], reverse=True, backend="cpu"))
+    assert fused[0].stride(1) == 1 and fused[0].dtype == dtype  # channels innermost, as x
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    for a, b in zip(fused, two):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(grads(fused), grads(two)):
+        if b is None:
+            assert a is None or not a.abs().sum()
+            continue
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()))
+    want = [causal_conv1d_reference(x.detach().double(), *(p.detach().double() for p in params[i:i + 2]), True, r)
+            for i, r in ((0, False), (2, True))]
+    for a, b in zip(fused, want):
+        torch.testing.assert_close(a.double(), b, rtol=tol * 10, atol=tol * 10)
 
 
 def test_conv_backend_follows_the_scan_backend(monkeypatch):

@@ -75,16 +75,25 @@ def test_same_logits_and_gradients(case: str, monkeypatch) -> None:
 @pytest.mark.parametrize(("methods", "fused"), [(None, True), ({"output_offset": {}}, False)],
                          ids=["plain", "output-term"])
 def test_vim_directions_fused_unless_a_method_adds_an_output_term(methods, fused, monkeypatch) -> None:
-    """The cpu backend's bidirectional kernel call runs for Vim's two plain directions (once per layer)."""
+    """The cpu backend's bidirectional calls run for Vim's two plain directions (once per layer each)."""
     monkeypatch.delenv("HYBRIDSEARCH_SCAN_BACKEND", raising=False)
     import importlib
 
     cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
-    calls = []
-    real = cpu.selective_scan_bidirectional_cpu
-    monkeypatch.setattr(cpu, "selective_scan_bidirectional_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dispatch = importlib.import_module("hybridsearch.kernels.selective_scan")
+    calls = {"scan": 0, "conv": 0}
+
+    def spy(key, real):
+        def call(*a, **k):
+            calls[key] += 1
+            return real(*a, **k)
+        return call
+
+    monkeypatch.setattr(cpu, "selective_scan_bidirectional_cpu", spy("scan", cpu.selective_scan_bidirectional_cpu))
+    monkeypatch.setattr(dispatch, "causal_conv1d_bidirectional_cpu",
+                        spy("conv", dispatch.causal_conv1d_bidirectional_cpu))
     model = build(VIM)
     if methods:
         model = apply_peft(model, {"methods": methods})
     _run(model, torch.randn(2, 3, 16, 16), "cpu")
-    assert len(calls) == (VIM.depth if fused else 0)
+    assert calls == {"scan": VIM.depth if fused else 0, "conv": VIM.depth}  # the convs fuse whatever the terms
