@@ -16,9 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .selective_scan import resolve_backend
-from .selective_scan.cpu import NormArgs, library, ptr, targ
-
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # read and written in place; others go through fp32
+from .selective_scan.cpu import NormArgs, library, ptr, readable, targ
 
 
 def rms_norm_reference(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
@@ -29,9 +27,7 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
 
 def _rows(t: Tensor, d: int) -> Tensor:
     """(rows, d) with unit stride along d, in a dtype the kernel reads."""
-    t = t.detach().reshape(-1, d)
-    if t.dtype not in _DTYPES:
-        t = t.float()
+    t = readable(t.reshape(-1, d))
     return t if t.stride(-1) == 1 else t.contiguous()
 
 

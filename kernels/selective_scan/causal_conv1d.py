@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .cpu import ConvArgs, empty_like_layout, library, ptr, targ
+from .cpu import ConvArgs, empty_like_layout, library, ptr, readable, targ
 
 
 def causal_conv1d_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
@@ -40,13 +40,6 @@ def _args(x: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool) -> 
     return a
 
 
-_READ = (torch.float32, torch.bfloat16, torch.float16)  # read and written in place; others go through fp32
-
-
-def _readable(t: Tensor) -> Tensor:
-    return t.detach() if t.dtype in _READ else t.detach().float()
-
-
 def _params(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
     return weight.detach().float().contiguous(), None if bias is None else bias.detach().float().contiguous()
 
@@ -63,7 +56,7 @@ def _forward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool)
 def _backward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool, dout: Tensor,
               needs: tuple[bool, bool, bool], dx: Tensor | None = None) -> tuple[Tensor | None, ...]:
     """(dx, dw, db) for the output's gradient ``dout``; given ``dx``, x's gradient is added onto it in place."""
-    dout = _readable(dout)
+    dout = readable(dout)
     accumulate = dx is not None
     if dx is None and needs[0]:
         dx = empty_like_layout(xr)
@@ -83,7 +76,7 @@ def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
 class _CausalConv1dCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu, reverse):
-        xr, (w, b) = _readable(x), _params(weight, bias)
+        xr, (w, b) = readable(x), _params(weight, bias)
         out = _forward(xr, w, b, silu, reverse)
         ctx.save_for_backward(xr, w, b)
         ctx.flags = (silu, reverse, x.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -107,7 +100,7 @@ class _CausalConv1dPairCpu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight_f, bias_f, weight_b, bias_b, silu):
-        xr = _readable(x)
+        xr = readable(x)
         (wf, bf), (wb, bb) = _params(weight_f, bias_f), _params(weight_b, bias_b)
         outs = (_forward(xr, wf, bf, silu, False), _forward(xr, wb, bb, silu, True))
         ctx.save_for_backward(xr, wf, bf, wb, bb)

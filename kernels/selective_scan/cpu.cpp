@@ -21,6 +21,7 @@
 #include <cstring>
 #include <exception>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -468,6 +469,19 @@ void load_inputs(const ScanArgs& a, Scratch& s, int64_t b, int64_t d0, int nc, i
   if (a.z.dtype) load_tile(a.z, b, d0, nc, t0, nt, s.z.data());
 }
 
+// fn(std::integral_constant<int, NF>, std::bool_constant<Cap>): N compiled in for the common sizes of Mamba and
+// Vim (8, 16; NF = 0 for any other N), which keeps the state and the carried gradient in registers, and the decay's
+// upper clamp (Geometry::cap).
+template <class F>
+void with_shape(int N, bool cap, F fn) {
+  auto go = [&](auto nf) { cap ? fn(nf, std::true_type{}) : fn(nf, std::false_type{}); };
+  switch (N) {
+    case 8: go(std::integral_constant<int, 8>{}); break;
+    case 16: go(std::integral_constant<int, 16>{}); break;
+    default: go(std::integral_constant<int, 0>{}); break;
+  }
+}
+
 // The steps of one block through one chunk, in scan order: out = (C . h + D u) * silu(z) into s.y.
 template <int NF, bool Cap>
 void forward_steps(const ScanArgs& a, Scratch& s, vf* h, const vf* A2v, vf Dv, int nt, int n_dyn) {
@@ -521,14 +535,9 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
       const vf* A2v = &s.A2v[j * N];
       if (a.ckpt) std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
       load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], false);
-      switch (N) {  // a compile-time N keeps the state in registers (the common sizes of Mamba and Vim)
-        case 8: g_.cap ? forward_steps<8, true>(a, s, h, A2v, s.Dv[j], nt, N)
-                       : forward_steps<8, false>(a, s, h, A2v, s.Dv[j], nt, N); break;
-        case 16: g_.cap ? forward_steps<16, true>(a, s, h, A2v, s.Dv[j], nt, N)
-                        : forward_steps<16, false>(a, s, h, A2v, s.Dv[j], nt, N); break;
-        default: g_.cap ? forward_steps<0, true>(a, s, h, A2v, s.Dv[j], nt, N)
-                        : forward_steps<0, false>(a, s, h, A2v, s.Dv[j], nt, N); break;
-      }
+      with_shape(N, g_.cap, [&](auto nf, auto cap) {
+        forward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, h, A2v, s.Dv[j], nt, N);
+      });
       scale_onto(a, a.out, s, b, d0, nc, t0, nt, s.y.data(), true, true);
       store_tile(a.out, b, d0, nc, t0, nt, s.y.data());
     }
@@ -661,14 +670,9 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       load_tile(a.dout, b, d0, nc, t0, nt, s.dout.data());
       scale_onto(a, a.dout, s, b, d0, nc, t0, nt, s.dout.data(), true, false);
       std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
-      switch (N) {  // a compile-time N keeps the carried gradient in registers
-        case 8: g_.cap ? backward_steps<8, true>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc)
-                       : backward_steps<8, false>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc); break;
-        case 16: g_.cap ? backward_steps<16, true>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc)
-                        : backward_steps<16, false>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc); break;
-        default: g_.cap ? backward_steps<0, true>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc)
-                        : backward_steps<0, false>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc); break;
-      }
+      with_shape(N, g_.cap, [&](auto nf, auto cap) {
+        backward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
+      });
       if (a.du.dtype) store_tile(a.du, b, d0, nc, t0, nt, s.du.data());
       if (a.ddelta.dtype) store_tile(a.ddelta, b, d0, nc, t0, nt, s.ddl.data());
       if (a.dz.dtype) {
@@ -707,19 +711,29 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
   }
 }
 
-template <class F>
-void parallel_tasks(int64_t ntasks, int64_t nthreads, const ScanArgs& a, bool backward, F fn) {
+// Tasks 0 .. ntasks - 1 shared out to up to nthreads threads (this one included), each with its own scratch from
+// init(). Which thread runs a task never changes a result: every task writes its own outputs or partials.
+template <class Init, class F>
+void parallel_for(int64_t ntasks, int64_t nthreads, Init init, F fn) {
   nthreads = std::max<int64_t>(1, std::min(nthreads, ntasks));
   std::atomic<int64_t> next{0};
   auto worker = [&]() {
-    Scratch s;
-    s.reserve(a, backward);
+    auto s = init();
     for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
   };
   std::vector<std::thread> pool;
   for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
   worker();
   for (auto& th : pool) th.join();
+}
+
+template <class F>
+void parallel_tasks(int64_t ntasks, int64_t nthreads, const ScanArgs& a, bool backward, F fn) {
+  parallel_for(ntasks, nthreads, [&] {
+    Scratch s;
+    s.reserve(a, backward);
+    return s;
+  }, fn);
 }
 
 // ---- depthwise causal conv1d (+ SiLU) -------------------------------------------------------------------------
@@ -825,18 +839,11 @@ void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::ve
 
 template <class F>
 void parallel_conv(const ConvArgs& a, F fn) {
-  const int64_t ntasks = a.batch * ((a.dim + W - 1) / W);
-  const int64_t nthreads = std::max<int64_t>(1, std::min(a.nthreads, ntasks));
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
+  parallel_for(a.batch * ((a.dim + W - 1) / W), a.nthreads, [&] {
     ConvScratch s;
     s.reserve(a);
-    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+    return s;
+  }, fn);
 }
 
 // ---- RMSNorm ------------------------------------------------------------------------------------------------
@@ -919,17 +926,7 @@ void norm_backward_task(const NormArgs& a, int64_t task, NormScratch& s, float* 
 
 template <class F>
 void parallel_norm(const NormArgs& a, F fn) {
-  const int64_t ntasks = (a.rows + NORM_ROWS - 1) / NORM_ROWS;
-  const int64_t nthreads = std::max<int64_t>(1, std::min(a.nthreads, ntasks));
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    NormScratch s(a);
-    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+  parallel_for((a.rows + NORM_ROWS - 1) / NORM_ROWS, a.nthreads, [&] { return NormScratch(a); }, fn);
 }
 
 }  // namespace

@@ -278,7 +278,7 @@ class _Call:
             if t is not None and t.device.type != "cpu":
                 raise ValueError(f"the cpu selective scan needs CPU tensors; got one on {t.device}")
         self.shape = (batch, dim, L, G, N)
-        self.u, self.delta, self.z, self.B_in, self.C_in = (_readable(t) for t in (u, delta, z, B, C))
+        self.u, self.delta, self.z, self.B_in, self.C_in = (readable(t) for t in (u, delta, z, B, C))
         self.B, self.C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (self.B_in, self.C_in))
         self.A = A.detach().float().contiguous()
         self.D = None if D is None else D.detach().float().contiguous()
@@ -321,7 +321,7 @@ class _Call:
         lib = library()
         a = self.args()
         a.scale, a.accumulate = scale, dz is not None
-        dout = torch.zeros((batch, dim, L)) if dout is None else _readable(dout)
+        dout = torch.zeros((batch, dim, L)) if dout is None else readable(dout)
         dlast = None if dlast is None else dlast.detach().float().contiguous()
         du = _grad_like(self.u, needs[0])
         ddelta = _grad_like(self.delta, needs[1])
@@ -365,7 +365,7 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
-def _readable(t: Tensor | None) -> Tensor | None:
+def readable(t: Tensor | None) -> Tensor | None:
     """A tensor the kernel can read in place: fp32 / bf16 / fp16 as it is, other dtypes as fp32."""
     if t is None:
         return None
@@ -505,5 +505,5 @@ def selective_scan_cpu(
 
 
 __all__ = ["ConvArgs", "CpuScanUnavailable", "NormArgs", "ScanBackendWarning", "available", "cache_dir",
-           "empty_like_layout", "library", "ptr", "selective_scan_bidirectional_cpu", "selective_scan_cpu", "targ",
-           "vector_width"]
+           "empty_like_layout", "library", "ptr", "readable", "selective_scan_bidirectional_cpu", "selective_scan_cpu",
+           "targ", "vector_width"]
