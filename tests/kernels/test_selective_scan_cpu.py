@@ -90,10 +90,14 @@ def grads(x, out, last, gout, glast):
     return names, torch.autograd.grad(loss, [x[k] for k in names])
 
 
-def check(L, N, groups, opts, reverse, dtype=torch.float32, batch=2, dim=40, layout="contiguous", A=None):
+def check(L, N, groups, opts, reverse, dtype=torch.float32, batch=2, dim=40, layout="contiguous", A=None,
+          **given):
+    """The cpu kernel against the float64 loop; ``A`` and ``given`` (by input name) replace the random inputs."""
     x, softplus = make_inputs(batch, dim, L, N, groups, opts, dtype, layout=layout)
     if A is not None:
         x["A"] = A.detach().clone().requires_grad_()
+    for k, v in given.items():
+        x[k] = v.detach().to(x[k].dtype).clone().requires_grad_()
     x64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in x.items()}
     g = torch.Generator().manual_seed(1)
     gout, glast = torch.randn(batch, dim, L, generator=g), torch.randn(batch, dim, N, generator=g)
@@ -158,6 +162,32 @@ def test_decay_extremes(opts, reverse):
     A[8:16, ::2] = 0.05  # growth, and the cap's code path
     check(33, N, 0, opts, reverse, A=A)
     check(33, N, 0, opts, reverse, A=A.clamp(max=-0.01))  # every A negative: the uncapped path under softplus
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
+def test_softplus_and_gate_over_their_whole_range(reverse):
+    """delta + bias and z from -60 to 60: softplus' and the gate's exps (2^(x log2 e) in the kernel) far out in
+    both tails, and softplus' threshold at 20 exactly and on either side of it."""
+    batch, dim, L = 2, 40, 33
+    span = torch.linspace(-60.0, 60.0, batch * dim * L).reshape(batch, dim, L)
+    delta = span[:, torch.randperm(dim, generator=torch.Generator().manual_seed(0))] / 3  # -20 to 20 for delta
+    delta[0, 1, :3] = torch.tensor([20.0, 19.999, 20.001])
+    check(L, 8, 0, OPTS, reverse, delta=delta, z=span.flip(-1))
+
+
+@needs_kernel
+def test_a_nan_delta_gives_nan_outputs():
+    """softplus(NaN) is NaN, as torch's is: a NaN delta shows in the outputs from its position on."""
+    x, softplus = make_inputs(1, 16, 9, 8, 0, ("softplus", "bias"))
+    delta = x["delta"].detach().clone()
+    delta[0, 3, 4] = float("nan")
+    out = selective_scan(x["u"].detach(), delta, x["A"].detach(), x["B"].detach(), x["C"].detach(),
+                         delta_bias=x["delta_bias"].detach(), delta_softplus=True, backend="cpu")
+    want = naive_selective_scan(x["u"].detach(), delta, x["A"].detach(), x["B"].detach(), x["C"].detach(),
+                                delta_bias=x["delta_bias"].detach(), delta_softplus=True)
+    assert torch.equal(out.isnan(), want.isnan()) and out[0, 3, 4:].isnan().all()
+    assert out.isnan().sum() == 5
 
 
 def _directions(batch, dim, L, N, groups, opts, dtype, layout):
