@@ -1004,63 +1004,100 @@ int64_t hs_scan_ckpt_size(const ScanArgs* a) {
   return a->batch * a->G * g.nblk * g.nchunks * a->N * W;
 }
 
-// Returns 0, or 1 after an exception (out of memory, no thread): the caller raises.
-int hs_scan_forward(const ScanArgs* a) {
+}  // extern "C"
+
+namespace {
+
+// The second direction of a pair runs each task right after the first's, while the tiles both touch (z, and the
+// output it adds onto; dout and dz in the backward) are still in cache. Both must have one task split and scratch.
+bool same_split(const ScanArgs& a, const Geometry& ga, const ScanArgs& b, const Geometry& gb) {
+  return ga.ntasks == gb.ntasks && ga.nparts == gb.nparts && a.N == b.N && a.chunk == b.chunk && a.part == b.part &&
+         a.batch == b.batch && a.dim == b.dim && a.L == b.L && a.G == b.G;
+}
+
+int scan_forward(const ScanArgs* a, const ScanArgs* b) {
   try {
-    Geometry g(*a);
-    parallel_tasks(g.ntasks, a->nthreads, *a, false,
-                   [&](int64_t t, Scratch& s) { forward_task(*a, g, t, s); });
+    Geometry ga(*a), gb(b ? *b : *a);
+    if (b && !same_split(*a, ga, *b, gb)) return 2;
+    parallel_tasks(ga.ntasks, a->nthreads, *a, false, [&](int64_t t, Scratch& s) {
+      forward_task(*a, ga, t, s);
+      if (b) forward_task(*b, gb, t, s);
+    });
     return 0;
   } catch (...) {
     return 1;
   }
 }
 
-int hs_scan_backward(const ScanArgs* a) {
-  try {
-    Geometry g(*a);
-    // Reused across calls (every entry is written before it is read): a fresh buffer of this size would cost
-    // page faults on every backward.
-    static thread_local Partials calling_thread;
-    Partials& P = calling_thread;  // a reference: the workers' lambdas must see this thread's buffers, not their own
-    if (g.nparts > 1) {
-      if (a->dB.dtype) P.dB.resize(std::max(P.dB.size(), size_t(a->batch * a->G * g.nparts * a->L * a->N)));
-      if (a->dC.dtype) P.dC.resize(std::max(P.dC.size(), size_t(a->batch * a->G * g.nparts * a->L * a->N)));
-    }
-    if (a->dA) P.dA.resize(std::max(P.dA.size(), size_t(a->batch * a->dim * a->N)));
-    if (a->dD) P.dD.resize(std::max(P.dD.size(), size_t(a->batch * a->dim)));
-    if (a->dbias) P.dbias.resize(std::max(P.dbias.size(), size_t(a->batch * a->dim)));
-    parallel_tasks(g.ntasks, a->nthreads, *a, true,
-                   [&](int64_t t, Scratch& s) { backward_task(*a, g, t, s, P); });
-    // Fixed-order sums: over parts for dB / dC, over the batch for dA, dD, d(delta_bias).
-    const int64_t N = a->N, L = a->L;
-    if (g.nparts > 1) {
-      std::vector<float> row(size_t(L * N));
-      for (int pair = 0; pair < 2; ++pair) {
-        const TArg& dst = pair ? a->dC : a->dB;
-        if (!dst.dtype) continue;
-        const std::vector<float>& src = pair ? P.dC : P.dB;
-        for (int64_t bg = 0; bg < a->batch * a->G; ++bg) {
-          const float* q = src.data() + bg * g.nparts * L * N;
-          std::copy(q, q + L * N, row.begin());
-          for (int64_t p = 1; p < g.nparts; ++p)
-            for (int64_t e = 0; e < L * N; ++e) row[e] += q[p * L * N + e];
-          store_bc(dst, bg / a->G, bg % a->G, int(N), 0, int(L), row.data());
-        }
+void reserve_partials(const ScanArgs* a, const Geometry& g, Partials& P) {
+  if (g.nparts > 1) {
+    if (a->dB.dtype) P.dB.resize(std::max(P.dB.size(), size_t(a->batch * a->G * g.nparts * a->L * a->N)));
+    if (a->dC.dtype) P.dC.resize(std::max(P.dC.size(), size_t(a->batch * a->G * g.nparts * a->L * a->N)));
+  }
+  if (a->dA) P.dA.resize(std::max(P.dA.size(), size_t(a->batch * a->dim * a->N)));
+  if (a->dD) P.dD.resize(std::max(P.dD.size(), size_t(a->batch * a->dim)));
+  if (a->dbias) P.dbias.resize(std::max(P.dbias.size(), size_t(a->batch * a->dim)));
+}
+
+// Fixed-order sums: over parts for dB / dC, over the batch for dA, dD, d(delta_bias).
+void sum_partials(const ScanArgs* a, const Geometry& g, const Partials& P) {
+  const int64_t N = a->N, L = a->L;
+  if (g.nparts > 1) {
+    std::vector<float> row(size_t(L * N));
+    for (int pair = 0; pair < 2; ++pair) {
+      const TArg& dst = pair ? a->dC : a->dB;
+      if (!dst.dtype) continue;
+      const std::vector<float>& src = pair ? P.dC : P.dB;
+      for (int64_t bg = 0; bg < a->batch * a->G; ++bg) {
+        const float* q = src.data() + bg * g.nparts * L * N;
+        std::copy(q, q + L * N, row.begin());
+        for (int64_t p = 1; p < g.nparts; ++p)
+          for (int64_t e = 0; e < L * N; ++e) row[e] += q[p * L * N + e];
+        store_bc(dst, bg / a->G, bg % a->G, int(N), 0, int(L), row.data());
       }
     }
-    auto batch_sum = [&](const std::vector<float>& src, float* dst, int64_t n) {
-      std::copy(src.begin(), src.begin() + n, dst);
-      for (int64_t b = 1; b < a->batch; ++b)
-        for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
-    };
-    if (a->dA) batch_sum(P.dA, a->dA, a->dim * N);
-    if (a->dD) batch_sum(P.dD, a->dD, a->dim);
-    if (a->dbias) batch_sum(P.dbias, a->dbias, a->dim);
+  }
+  auto batch_sum = [&](const std::vector<float>& src, float* dst, int64_t n) {
+    std::copy(src.begin(), src.begin() + n, dst);
+    for (int64_t b = 1; b < a->batch; ++b)
+      for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
+  };
+  if (a->dA) batch_sum(P.dA, a->dA, a->dim * N);
+  if (a->dD) batch_sum(P.dD, a->dD, a->dim);
+  if (a->dbias) batch_sum(P.dbias, a->dbias, a->dim);
+}
+
+int scan_backward(const ScanArgs* a, const ScanArgs* b) {
+  try {
+    Geometry ga(*a), gb(b ? *b : *a);
+    if (b && !same_split(*a, ga, *b, gb)) return 2;
+    // Reused across calls (every entry is written before it is read): a fresh buffer of this size would cost
+    // page faults on every backward. References: the workers' lambdas must see this thread's buffers.
+    static thread_local Partials calling_thread[2];
+    Partials &Pa = calling_thread[0], &Pb = calling_thread[1];
+    reserve_partials(a, ga, Pa);
+    if (b) reserve_partials(b, gb, Pb);
+    parallel_tasks(ga.ntasks, a->nthreads, *a, true, [&](int64_t t, Scratch& s) {
+      backward_task(*a, ga, t, s, Pa);
+      if (b) backward_task(*b, gb, t, s, Pb);
+    });
+    sum_partials(a, ga, Pa);
+    if (b) sum_partials(b, gb, Pb);
     return 0;
   } catch (...) {
     return 1;
   }
 }
+
+}  // namespace
+
+extern "C" {
+
+// Return 0, 1 after an exception (out of memory, no thread), 2 for a pair whose shapes differ: the caller raises.
+int hs_scan_forward(const ScanArgs* a) { return scan_forward(a, nullptr); }
+int hs_scan_backward(const ScanArgs* a) { return scan_backward(a, nullptr); }
+// Vim's two directions: b's output (and in the backward its dz) added onto a's as ScanArgs::accumulate says.
+int hs_scan_forward_pair(const ScanArgs* a, const ScanArgs* b) { return scan_forward(a, b); }
+int hs_scan_backward_pair(const ScanArgs* a, const ScanArgs* b) { return scan_backward(a, b); }
 
 }  // extern "C"

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.hs_scan_abi_version.restype = lib.hs_scan_vector_width.restype = ctypes.c_int64
     if lib.hs_scan_abi_version() != _ABI:
         raise CpuScanUnavailable(f"{path} has ABI {lib.hs_scan_abi_version()}, expected {_ABI}")
+    for fn in ("hs_scan_forward_pair", "hs_scan_backward_pair"):  # absent from libraries of older sources,
+        if hasattr(lib, fn):  # which benchmarks/bench_kernel_ab.py loads to compare against
+            getattr(lib, fn).argtypes = [ctypes.POINTER(_Args)] * 2
+            getattr(lib, fn).restype = ctypes.c_int
     for fn, arg, res in (("hs_scan_ckpt_size", _Args, ctypes.c_int64), ("hs_scan_forward", _Args, ctypes.c_int),
                          ("hs_scan_backward", _Args, ctypes.c_int), ("hs_conv_forward", ConvArgs, ctypes.c_int),
                          ("hs_conv_backward", ConvArgs, ctypes.c_int), ("hs_norm_forward", NormArgs, ctypes.c_int),
@@ -299,6 +304,13 @@ class _Call:
     def forward(self, save: bool, out: Tensor | None = None,
                 scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor | None]:
         """out = scale * the scan's output; given ``out`` (the kernel's dtype and layout), added onto it in place."""
+        a, result = self.forward_args(save, out, scale)
+        _run(library().hs_scan_forward, a)
+        return result
+
+    def forward_args(self, save: bool, out: Tensor | None = None,
+                     scale: float = 1.0) -> tuple[_Args, tuple[Tensor, Tensor, Tensor | None]]:
+        """The forward's kernel arguments and the (out, last, ckpt) tensors it will write."""
         lib = library()
         batch, dim, L, G, N = self.shape
         a = self.args()
@@ -308,17 +320,22 @@ class _Call:
         last = torch.empty((batch, dim, N))
         ckpt = torch.empty(lib.hs_scan_ckpt_size(ctypes.byref(a))) if save else None
         a.out, a.last, a.ckpt = targ(out), ptr(last), ptr(ckpt)
-        if lib.hs_scan_forward(ctypes.byref(a)):
-            raise RuntimeError("the cpu selective scan failed (out of memory or threads)")
-        return out, last, ckpt
+        a.keep = (out, last, ckpt)  # what the pointers point into, alive until the kernel has run
+        return a, (out, last, ckpt)
 
     def backward(self, ckpt: Tensor, needs: tuple[bool, ...], dout: Tensor | None, dlast: Tensor | None,
                  scale: float = 1.0, dz: Tensor | None = None) -> list[Tensor | None]:
         """The input gradients (u, delta, A, B, C, D, z, delta_bias, initial_state; None where not wanted) for
         the output's gradient ``dout`` (the scan's output times ``scale``); given ``dz``, z's gradient is added onto
         it in place (and returned)."""
+        a, grads = self.backward_args(ckpt, needs, dout, dlast, scale, dz)
+        _run(library().hs_scan_backward, a)
+        return grads
+
+    def backward_args(self, ckpt: Tensor, needs: tuple[bool, ...], dout: Tensor | None, dlast: Tensor | None,
+                      scale: float = 1.0, dz: Tensor | None = None) -> tuple[_Args, list[Tensor | None]]:
+        """The backward's kernel arguments and the gradients it will write (see ``backward``)."""
         batch, dim, L, G, N = self.shape
-        lib = library()
         a = self.args()
         a.scale, a.accumulate = scale, dz is not None
         dout = torch.zeros((batch, dim, L)) if dout is None else readable(dout)
@@ -337,9 +354,17 @@ class _Call:
         a.dB, a.dC = (targ(None if t is None else t.unsqueeze(1) if t.dim() == 3 else t) for t in (dB, dC))
         a.dlast, a.ckpt = ptr(dlast), ptr(ckpt)
         a.dA, a.dD, a.dbias, a.dh0 = (ptr(t) for t in (dA, dD, dbias, dh0))
-        if lib.hs_scan_backward(ctypes.byref(a)):
-            raise RuntimeError("the cpu selective scan's backward failed (out of memory or threads)")
-        return [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
+        a.keep = (dout, dlast, du, ddelta, dz, dB, dC, dA, dD, dbias, dh0)  # alive until the kernel has run
+        return a, [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
+
+
+def _run(fn: Callable[..., int], *args: _Args) -> None:
+    """One kernel call on ``args``; raises when it reports a failure."""
+    rc = fn(*(ctypes.byref(a) for a in args))
+    if rc == 2:
+        raise ValueError("the two directions of a bidirectional scan need one shape")
+    if rc:
+        raise RuntimeError("the cpu selective scan failed (out of memory or threads)")
 
 
 def empty_like_layout(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -416,6 +441,26 @@ def _bidirectional_calls(z: Tensor | None, softplus: bool, tensors: tuple) -> tu
                  for (u, delta, A, B, C, D, bias, h0), reverse in ((f, False), (b, True)))
 
 
+def _forward_pair(calls: tuple[_Call, _Call], save: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """out = (scan_f + scan_b) / 2 in one kernel call (each task's second scan right after its first); and the two
+    calls' checkpoints."""
+    a_f, (out, _, ckpt_f) = calls[0].forward_args(save, scale=0.5)
+    a_b, (_, _, ckpt_b) = calls[1].forward_args(save, out=out, scale=0.5)
+    _run_pair("hs_scan_forward", a_f, a_b)
+    return out, ckpt_f, ckpt_b
+
+
+def _run_pair(name: str, a_f: _Args, a_b: _Args) -> None:
+    """The kernel ``name`` on both directions in one call, or in two (the second adding onto the first's output)
+    with a library built from a source before the pair entry points."""
+    lib = library()
+    if hasattr(lib, f"{name}_pair"):
+        _run(getattr(lib, f"{name}_pair"), a_f, a_b)
+    else:
+        _run(getattr(lib, name), a_f)
+        _run(getattr(lib, name), a_b)
+
+
 def _split_needs(needs: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
     """needs_input_grad of (z, softplus, 8 of direction f, 8 of b) as each call's (u, delta, A, B, C, D, z,
     delta_bias, initial_state)."""
@@ -432,8 +477,7 @@ class _BidirectionalCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, delta_softplus, *tensors):
         calls = _bidirectional_calls(z, delta_softplus, tensors)
-        out, _, ckpt_f = calls[0].forward(save=True, scale=0.5)
-        _, _, ckpt_b = calls[1].forward(save=True, out=out, scale=0.5)
+        out, ckpt_f, ckpt_b = _forward_pair(calls, save=True)
         ctx.set_materialize_grads(False)
         ctx.calls, ctx.ckpts = calls, (ckpt_f, ckpt_b)
         dt = [None if t is None else t.dtype for t in tensors]
@@ -446,8 +490,9 @@ class _BidirectionalCpu(torch.autograd.Function):
     def backward(ctx, dout):
         (call_f, call_b), (ckpt_f, ckpt_b) = ctx.calls, ctx.ckpts
         needs_f, needs_b = _split_needs(ctx.needs_input_grad)
-        g_f = call_f.backward(ckpt_f, needs_f, dout, None, scale=0.5)
-        g_b = call_b.backward(ckpt_b, needs_b, dout, None, scale=0.5, dz=g_f[6])  # dz: both directions' sum
+        a_f, g_f = call_f.backward_args(ckpt_f, needs_f, dout, None, scale=0.5)
+        a_b, g_b = call_b.backward_args(ckpt_b, needs_b, dout, None, scale=0.5, dz=g_f[6])  # dz: both's sum
+        _run_pair("hs_scan_backward", a_f, a_b)
         g_f, g_b = _cast_all(g_f, ctx.dtypes[0]), _cast_all(g_b, ctx.dtypes[1])
         return (g_b[6], None, *g_f[:6], *g_f[7:], *g_b[:6], *g_b[7:])
 
@@ -462,8 +507,7 @@ def selective_scan_bidirectional_cpu(fwd: tuple, bwd: tuple, z: Tensor | None = 
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*tensors, z)):
         return _BidirectionalCpu.apply(z, bool(delta_softplus), *tensors)
     calls = _bidirectional_calls(z, bool(delta_softplus), tensors)
-    out, _, _ = calls[0].forward(save=False, scale=0.5)
-    calls[1].forward(save=False, out=out, scale=0.5)
+    out, _, _ = _forward_pair(calls, save=False)
     return _cast(out, calls[0].out_dtype)
 
 

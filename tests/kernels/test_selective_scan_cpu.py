@@ -257,6 +257,33 @@ def test_bidirectional_rejects_directions_of_different_shapes():
     other, _ = _directions(2, 24, 10, 4, 0, OPTS, torch.float32, "contiguous")
     with pytest.raises(ValueError, match="one shape"):
         selective_scan_bidirectional(dirs[0], other[1], z, True, backend="cpu")
+    fewer_states, _ = _directions(2, 24, 9, 3, 0, OPTS, torch.float32, "contiguous")  # the kernel's own check
+    with pytest.raises(ValueError, match="one shape"):
+        selective_scan_bidirectional(dirs[0], fewer_states[1], z, True, backend="cpu")
+
+
+@needs_kernel
+def test_bidirectional_without_the_pair_entry_points(monkeypatch):
+    """A library built from a source before the pair calls (what benchmarks/bench_kernel_ab.py loads to compare
+    against) runs the two directions one after the other, with the same results."""
+    dirs, z = _directions(2, 40, 17, 8, 0, OPTS, torch.float32, "model")
+    leaves = _leaves(dirs, z)
+    g = torch.randn(2, 40, 17, generator=torch.Generator().manual_seed(5))
+    paired = selective_scan_bidirectional(*dirs, z, True, backend="cpu")
+    paired_g = torch.autograd.grad(paired, leaves, g)
+    lib = cpu.library()
+
+    class OlderLibrary:
+        def __getattr__(self, name):
+            if name.endswith("_pair"):
+                raise AttributeError(name)
+            return getattr(lib, name)
+
+    monkeypatch.setattr(cpu, "library", OlderLibrary)
+    single = selective_scan_bidirectional(*dirs, z, True, backend="cpu")
+    assert torch.equal(single, paired)
+    for a, b in zip(torch.autograd.grad(single, leaves, g), paired_g):
+        assert torch.equal(a, b)
 
 
 @needs_kernel
@@ -323,6 +350,24 @@ def test_bitwise_deterministic_for_any_thread_count():
             torch.set_num_threads(n)
             out, last = run(selective_scan, x, softplus, True, backend="cpu")
             results.append([out, last, *grads(x, out, last, torch.ones_like(out), torch.ones_like(last))[1]])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_bidirectional_bitwise_deterministic_for_any_thread_count():
+    dirs, z = _directions(4, 288, 33, 16, 0, OPTS, torch.float32, "model")
+    g = torch.randn(4, 288, 33, generator=torch.Generator().manual_seed(2))
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out = selective_scan_bidirectional(*dirs, z, True, backend="cpu")
+            results.append([out, *torch.autograd.grad(out, _leaves(dirs, z), g)])
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
