@@ -547,13 +547,14 @@ def test_conv_half_inputs_and_determinism():
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("used", ["both", "forward-only"])
-def test_conv_bidirectional_equals_two_convs(used, dtype):
+@pytest.mark.parametrize("widths", [(4, 4), (4, 3)], ids=["K4", "K4-K3"])
+def test_conv_bidirectional_equals_two_convs(widths, used, dtype):
     """Vim's two convs of one x as one node: the same outputs and gradients as two calls (x's summed in the
-    kernel), also when only one direction's output reaches the loss."""
+    kernel), also when only one direction's output reaches the loss, and with kernels of two widths."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 17, 80, generator=g)[..., :40].to(dtype).transpose(1, 2).detach().requires_grad_()
-    params = [t.requires_grad_() for t in (torch.randn(40, 4, generator=g), torch.randn(40, generator=g),
-                                           torch.randn(40, 4, generator=g), torch.randn(40, generator=g))]
+    params = [t.requires_grad_() for t in (torch.randn(40, widths[0], generator=g), torch.randn(40, generator=g),
+                                           torch.randn(40, widths[1], generator=g), torch.randn(40, generator=g))]
     gouts = [torch.randn(3, 40, 17, generator=g).to(dtype) for _ in range(2)]
 
     def grads(outs):
