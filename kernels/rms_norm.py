@@ -9,14 +9,12 @@ up to 6 % of a vim-proxy training step, benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .selective_scan import resolve_backend
-from .selective_scan.cpu import NormArgs, library, ptr, readable, targ
+from .selective_scan.cpu import NormArgs, ptr, readable, run_kernel, targ
 
 
 def rms_norm_reference(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
@@ -43,8 +41,7 @@ def _forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Ten
     out, rstd = torch.empty(xr.shape, dtype=xr.dtype), torch.empty(xr.shape[0])
     a = _args(xr, w, rstd, eps)
     a.out = targ(out)
-    if library().hs_norm_forward(ctypes.byref(a)):
-        raise RuntimeError("the cpu RMSNorm failed (out of memory or threads)")
+    run_kernel("hs_norm_forward", a)
     return out.view(x.shape).to(x.dtype), xr, w, rstd
 
 
@@ -67,8 +64,7 @@ class _RMSNormCpu(torch.autograd.Function):
         dr = _rows(dout, xr.shape[1])  # held here: the kernel reads it through a bare pointer
         a = _args(xr, w, rstd, eps)
         a.dout, a.dx, a.dw = targ(dr), targ(dx), ptr(dw)
-        if library().hs_norm_backward(ctypes.byref(a)):
-            raise RuntimeError("the cpu RMSNorm's backward failed (out of memory or threads)")
+        run_kernel("hs_norm_backward", a)
         return (None if dx is None else dx.view(shape).to(x_dtype), None if dw is None else dw.to(w_dtype), None)
 
 

@@ -10,14 +10,12 @@ channels, deterministic weight gradients), everything else ``F.conv1d``. The sam
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .cpu import ConvArgs, empty_like_layout, library, ptr, readable, targ
+from .cpu import ConvArgs, empty_like_layout, ptr, readable, run_kernel, targ
 
 
 def causal_conv1d_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
@@ -48,8 +46,7 @@ def _forward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool)
     out = empty_like_layout(xr)
     a = _args(xr, w, b, silu, reverse)
     a.out = targ(out)
-    if library().hs_conv_forward(ctypes.byref(a)):
-        raise RuntimeError("the cpu causal conv1d failed (out of memory or threads)")
+    run_kernel("hs_conv_forward", a)
     return out
 
 
@@ -64,8 +61,7 @@ def _backward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool
     db = torch.empty(w.shape[0]) if b is not None and needs[2] else None
     a = _args(xr, w, b, silu, reverse)
     a.dout, a.dx, a.dw, a.dbias, a.accumulate = targ(dout), targ(dx), ptr(dw), ptr(db), accumulate
-    if library().hs_conv_backward(ctypes.byref(a)):
-        raise RuntimeError("the cpu causal conv1d's backward failed (out of memory or threads)")
+    run_kernel("hs_conv_backward", a)
     return dx, dw, db
 
 

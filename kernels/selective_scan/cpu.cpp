@@ -1018,7 +1018,7 @@ bool same_split(const ScanArgs& a, const Geometry& ga, const ScanArgs& b, const 
 
 int scan_forward(const ScanArgs* a, const ScanArgs* b) {
   try {
-    Geometry ga(*a), gb(b ? *b : *a);
+    const Geometry ga(*a), gb = b ? Geometry(*b) : ga;  // a copy, not a second pass over A, when single
     if (b && !same_split(*a, ga, *b, gb)) return 2;
     parallel_tasks(ga.ntasks, a->nthreads, *a, false, [&](int64_t t, Scratch& s) {
       forward_task(*a, ga, t, s);
@@ -1070,7 +1070,7 @@ void sum_partials(const ScanArgs* a, const Geometry& g, const Partials& P) {
 
 int scan_backward(const ScanArgs* a, const ScanArgs* b) {
   try {
-    Geometry ga(*a), gb(b ? *b : *a);
+    const Geometry ga(*a), gb = b ? Geometry(*b) : ga;  // a copy, not a second pass over A, when single
     if (b && !same_split(*a, ga, *b, gb)) return 2;
     // Reused across calls (every entry is written before it is read): a fresh buffer of this size would cost
     // page faults on every backward. References: the workers' lambdas must see this thread's buffers.

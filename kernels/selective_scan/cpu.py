@@ -304,7 +304,7 @@ class _Call:
                 scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor | None]:
         """out = scale * the scan's output; given ``out`` (the kernel's dtype and layout), added onto it in place."""
         a, result = self.forward_args(save, out, scale)
-        _run_scan("hs_scan_forward", a)
+        run_kernel("hs_scan_forward", a)
         return result
 
     def forward_args(self, save: bool, out: Tensor | None = None,
@@ -328,7 +328,7 @@ class _Call:
         the output's gradient ``dout`` (the scan's output times ``scale``); given ``dz``, z's gradient is added onto
         it in place (and returned)."""
         a, grads = self.backward_args(ckpt, needs, dout, dlast, scale, dz)
-        _run_scan("hs_scan_backward", a)
+        run_kernel("hs_scan_backward", a)
         return grads
 
     def backward_args(self, ckpt: Tensor, needs: tuple[bool, ...], dout: Tensor | None, dlast: Tensor | None,
@@ -357,20 +357,21 @@ class _Call:
         return a, [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
 
 
-def _run_scan(name: str, *args: _Args) -> None:
-    """The library's scan ``name`` (``hs_scan_forward`` or ``hs_scan_backward``) on its arguments; given two, Vim's
-    two directions in one call (``name``_pair: each task's second scan right after its first), or one after the
-    other with a library built from a source before the pair entry points. Raises when the kernel fails."""
+def run_kernel(name: str, *args: ctypes.Structure) -> None:
+    """The library's ``name`` (``hs_scan_forward``, ``hs_conv_backward``, ``hs_norm_forward``, ...) on its
+    arguments. Given two (a scan's), Vim's two directions in one call (``name``_pair: each task's second scan
+    right after its first), or one after the other with a library built from a source before the pair entry
+    points. Raises when the kernel reports a failure."""
     lib = library()
     if len(args) == 2 and not hasattr(lib, f"{name}_pair"):
         for a in args:
-            _run_scan(name, a)
+            run_kernel(name, a)
         return
     rc = getattr(lib, f"{name}_pair" if len(args) == 2 else name)(*(ctypes.byref(a) for a in args))
     if rc == 2:
         raise ValueError("the two directions of a bidirectional scan need one shape")
     if rc:
-        raise RuntimeError(f"the cpu selective scan ({name}) failed (out of memory or threads)")
+        raise RuntimeError(f"the cpu kernel {name} failed (out of memory or threads)")
 
 
 def empty_like_layout(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -452,7 +453,7 @@ def _forward_pair(calls: tuple[_Call, _Call], save: bool) -> tuple[Tensor, Tenso
     calls' checkpoints."""
     a_f, (out, _, ckpt_f) = calls[0].forward_args(save, scale=0.5)
     a_b, (_, _, ckpt_b) = calls[1].forward_args(save, out=out, scale=0.5)
-    _run_scan("hs_scan_forward", a_f, a_b)
+    run_kernel("hs_scan_forward", a_f, a_b)
     return out, ckpt_f, ckpt_b
 
 
@@ -487,7 +488,7 @@ class _BidirectionalCpu(torch.autograd.Function):
         needs_f, needs_b = _split_needs(ctx.needs_input_grad)
         a_f, g_f = call_f.backward_args(ckpt_f, needs_f, dout, None, scale=0.5)
         a_b, g_b = call_b.backward_args(ckpt_b, needs_b, dout, None, scale=0.5, dz=g_f[6])  # dz: both's sum
-        _run_scan("hs_scan_backward", a_f, a_b)
+        run_kernel("hs_scan_backward", a_f, a_b)
         g_f, g_b = _cast_all(g_f, ctx.dtypes[0]), _cast_all(g_b, ctx.dtypes[1])
         return (g_b[6], None, *g_f[:6], *g_f[7:], *g_b[:6], *g_b[7:])
 
