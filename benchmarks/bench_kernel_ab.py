@@ -1,13 +1,14 @@
 """The cpu scan kernel against another version of its source, alternated in one process: prints JSON.
 
-    python benchmarks/bench_kernel_ab.py --against HEAD~1 [--repeats 20] [--threads 1]
+    python benchmarks/bench_kernel_ab.py --against HEAD~1 [--repeats 20] [--threads 1] [--layout contiguous]
 
 Builds ``kernels/selective_scan/cpu.cpp`` as it is in the work tree (B) and as it was at ``--against`` (A, any
 git revision, or a file path), then times the scan (forward; forward + backward), the conv and vim-proxy training
 steps with A and B in turn, repeat after repeat. On a shared machine whose speed drifts by tens of percent within
 minutes, alternating in one process is what makes a few-percent difference measurable: each ratio B / A compares
 runs seconds apart. Scan shapes: vim-proxy (64, 128, 17, N 8), mamba-proxy (8, 256, 256, N 16), a quarter batch
-of Vim-S; the conv (with its SiLU) at vim-proxy's (64, 128, 17), K 4.
+of Vim-S; the conv (with its SiLU) at vim-proxy's (64, 128, 17), K 4; ``--layout contiguous`` for (batch, dim, L)
+contiguous inputs instead of the mixers' channels-innermost views.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=4, help="vim-proxy steps per timed repeat")
     ap.add_argument("--a-part-channels", type=int, default=cpu._PART_CHANNELS,
                     help="channels per task on the A side (the work tree's value on B): compares the work split")
+    ap.add_argument("--layout", choices=("model", "contiguous"), default="model",
+                    help="the scan's and the conv's inputs: channels innermost as the mixers pass them, or "
+                         "(batch, dim, L) contiguous")
     args = ap.parse_args()
     PART_CHANNELS["A"] = args.a_part_channels
     torch.set_num_threads(args.threads)
@@ -91,8 +95,8 @@ def main() -> None:
         libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(SOURCE)}
     res: dict[str, dict] = {}
     for batch, dim, L, N, label in SHAPES:
-        xs = scan_inputs(batch, dim, L, N, True, "model")
-        gout = scan_inputs(batch, dim, L, N, False, "model")[6]
+        xs = scan_inputs(batch, dim, L, N, True, args.layout)
+        gout = scan_inputs(batch, dim, L, N, False, args.layout)[6]
 
         def fwd(xs: list[torch.Tensor] = xs) -> None:
             with torch.no_grad():
@@ -103,10 +107,13 @@ def main() -> None:
 
         res[f"scan {label} (batch={batch}, dim={dim}, L={L}, N={N})"] = {
             "forward": alternate(libs, fwd, args.repeats), "forward_backward": alternate(libs, fwd_bwd, args.repeats)}
-    # the mixer's conv1d + SiLU at the vim-proxy shape, channels innermost as the mixers pass it
-    xc = torch.randn(64, 17, 128).transpose(1, 2).requires_grad_()
+    # the mixer's conv1d + SiLU at the vim-proxy shape, channels innermost as the mixers pass it (or contiguous)
+    def seq() -> torch.Tensor:
+        x = torch.randn(64, 17, 128).transpose(1, 2)
+        return x.contiguous() if args.layout == "contiguous" else x
+
+    xc, gc = seq().requires_grad_(), seq()
     wc, bc = torch.randn(128, 4, requires_grad=True), torch.randn(128, requires_grad=True)
-    gc = torch.randn(64, 17, 128).transpose(1, 2)
 
     def conv_fwd() -> None:
         with torch.no_grad():

@@ -226,6 +226,29 @@ struct NormArgs {
 
 namespace {
 
+#if defined(__AVX2__) && !defined(__AVX512F__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define HS_TRANSPOSE8 1
+// r[c][k] -> r[k][c] for an 8 x 8 block, in registers (three rounds of two-vector shuffles).
+inline void transpose8(vf* r) {
+#define HS_SHUF(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
+  vf a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = HS_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    a[i + 1] = HS_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      b[i + 2 * j] = HS_SHUF(a[i + j], a[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      b[i + 2 * j + 1] = HS_SHUF(a[i + j], a[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = HS_SHUF(b[k], b[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[k + 4] = HS_SHUF(b[k], b[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+#undef HS_SHUF
+}
+#endif
+
 template <class Ty>
 void load_tile_t(const typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, float* dst) {
   if (sd == 1 && nc == W) {  // channels innermost (the models' layout): one vector per position
@@ -236,10 +259,22 @@ void load_tile_t(const typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt
   if (nc < W)
     for (int i = 0; i < nt; ++i)
       for (int c = nc; c < W; ++c) dst[i * W + c] = 0.0f;
+  int i0 = 0;
+#ifdef HS_TRANSPOSE8
+  if constexpr (std::is_same_v<Ty, F32>) {
+    if (sl == 1 && nc == W)  // (batch, dim, L) contiguous: 8 positions of 8 channels at a time, transposed
+      for (; i0 + 8 <= nt; i0 += 8) {
+        vf r[8];
+        for (int c = 0; c < 8; ++c) std::memcpy(&r[c], p + c * sd + i0, sizeof(vf));
+        transpose8(r);
+        std::memcpy(dst + i0 * W, r, sizeof(r));
+      }
+  }
+#endif
   if (sl == 1) {
     for (int c = 0; c < nc; ++c) {
       const typename Ty::T* q = p + c * sd;
-      for (int i = 0; i < nt; ++i) dst[i * W + c] = Ty::in(q[i]);
+      for (int i = i0; i < nt; ++i) dst[i * W + c] = Ty::in(q[i]);
     }
   } else {
     for (int i = 0; i < nt; ++i) {
@@ -267,10 +302,22 @@ void store_tile_t(typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, con
       for (int c = 0; c < W; ++c) p[i * sl + c] = Ty::out(src[i * W + c]);
     return;
   }
+  int i0 = 0;
+#ifdef HS_TRANSPOSE8
+  if constexpr (std::is_same_v<Ty, F32>) {
+    if (sl == 1 && nc == W)
+      for (; i0 + 8 <= nt; i0 += 8) {
+        vf r[8];
+        std::memcpy(r, src + i0 * W, sizeof(r));
+        transpose8(r);
+        for (int c = 0; c < 8; ++c) std::memcpy(p + c * sd + i0, &r[c], sizeof(vf));
+      }
+  }
+#endif
   if (sl == 1) {
     for (int c = 0; c < nc; ++c) {
       typename Ty::T* q = p + c * sd;
-      for (int i = 0; i < nt; ++i) q[i] = Ty::out(src[i * W + c]);
+      for (int i = i0; i < nt; ++i) q[i] = Ty::out(src[i * W + c]);
     }
   } else {
     for (int i = 0; i < nt; ++i) {
