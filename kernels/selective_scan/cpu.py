@@ -239,12 +239,14 @@ class NormArgs(ctypes.Structure):
                 + [(n, ctypes.c_void_p) for n in ("w", "rstd", "dw")] + [("eps", ctypes.c_double)])
 
 
+_STRIDES = ctypes.c_int64 * 4
+
+
 def targ(t: Tensor | None) -> _TArg:
-    """A tensor argument of the kernels: data pointer, dtype code and element strides."""
+    """A tensor argument of the kernels: data pointer, dtype code and element strides (the unused ones 0)."""
     if t is None:
         return _TArg()
-    s = t.stride()
-    return _TArg(t.data_ptr(), _DTYPES[t.dtype], (ctypes.c_int64 * 4)(*s, *(0,) * (4 - len(s))))
+    return _TArg(t.data_ptr(), _DTYPES[t.dtype], _STRIDES(*t.stride()))
 
 
 def ptr(t: Tensor | None) -> int | None:
@@ -290,15 +292,16 @@ class _Call:
         self.h0 = None if initial_state is None else initial_state.detach().float().contiguous()
         self.out_dtype = u.dtype
         self.softplus, self.reverse = bool(softplus), bool(reverse)
-
-    def args(self) -> _Args:
-        batch, dim, L, G, N = self.shape
         part = max(1, _PART_CHANNELS // vector_width())
         a = _Args(batch, dim, L, N, G, _chunk(N), part, torch.get_num_threads(), self.softplus, self.reverse)
         a.u, a.delta, a.z, a.B, a.C = (targ(t) for t in (self.u, self.delta, self.z, self.B, self.C))
         a.A, a.D, a.bias, a.h0 = (ptr(t) for t in (self.A, self.D, self.bias, self.h0))
         a.scale = 1.0
-        return a
+        self._args = a  # the inputs' part of the kernel arguments, shared by the forward and the backward
+
+    def args(self) -> _Args:
+        """A fresh copy of the kernel arguments with the inputs filled in."""
+        return _Args.from_buffer_copy(self._args)
 
     def forward(self, save: bool, out: Tensor | None = None,
                 scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -385,15 +388,14 @@ def empty_like_layout(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 
 def _dense(t: Tensor) -> bool:
-    """Non-overlapping and dense: what ``empty_like`` keeps the strides of."""
-    if t.is_contiguous() or (t.dim() == 3 and t.transpose(1, 2).is_contiguous()):
+    """Non-overlapping and dense: what ``empty_like`` keeps the strides of (read from the strides: no views)."""
+    if t.is_contiguous():
         return True
-    order = sorted(range(t.dim()), key=lambda i: t.stride(i))
     expect = 1
-    for i in order:
-        if t.shape[i] != 1 and t.stride(i) != expect:
+    for stride, size in sorted(zip(t.stride(), t.shape)):
+        if size != 1 and stride != expect:
             return False
-        expect *= t.shape[i]
+        expect *= size
     return True
 
 

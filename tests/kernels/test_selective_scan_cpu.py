@@ -583,3 +583,30 @@ def test_conv_backend_follows_the_scan_backend(monkeypatch):
     x, w = torch.randn(2, 8, 6), torch.randn(8, 4)
     out = causal_conv1d(x, w, reverse=True)
     torch.testing.assert_close(out, causal_conv1d_reference(x, w, None, True, True), rtol=0, atol=0)
+
+
+def test_outputs_take_their_inputs_layout():
+    """empty_like_layout: a dense tensor's own strides (any axis order), a channels-innermost view (a half of the
+    mixer's projection) as a transposed (batch, L, C) block, anything else contiguous."""
+    proj = torch.randn(2, 7, 10)  # (batch, L, 2E)
+    cases = {
+        "contiguous": torch.randn(2, 5, 7),
+        "channels innermost, dense": torch.randn(2, 7, 5).transpose(1, 2),
+        "channels innermost, a half of the projection": proj[..., :5].transpose(1, 2),
+        "dense, (L, batch, dim) in memory": torch.randn(7, 2, 5).permute(1, 2, 0),
+        "broadcast": torch.randn(1, 5, 7).expand(2, 5, 7),
+        "empty": torch.randn(0, 5, 7),
+    }
+    expected = {
+        "contiguous": (35, 7, 1),
+        "channels innermost, dense": (35, 1, 5),
+        "channels innermost, a half of the projection": (35, 1, 5),
+        "dense, (L, batch, dim) in memory": (5, 1, 10),
+        "broadcast": (35, 7, 1),
+        "empty": (35, 7, 1),
+    }
+    for name, t in cases.items():
+        out = cpu.empty_like_layout(t)
+        assert out.shape == t.shape and out.dtype == t.dtype, name
+        assert out.stride() == expected[name], (name, out.stride())
+        assert cpu.empty_like_layout(t, torch.bfloat16).dtype == torch.bfloat16
