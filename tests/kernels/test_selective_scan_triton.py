@@ -2,8 +2,9 @@
 
 CPU: the kernels run under the Triton interpreter, which must be switched on (TRITON_INTERPRET=1) before
 triton is first imported. Other test modules in the same pytest process import triton/torch first, so the
-interpreter cases run in one subprocess (this file executed as a script) that prints JSON; the tests assert
-on it. GPU (``-m gpu``): the same comparisons at real shapes, in-process on CUDA.
+interpreter cases run in subprocesses (this file executed as a script, its cases split over the cores by
+tests/interpreter_shards.py) that print JSON; the tests assert on it. GPU (``-m gpu``): the same comparisons at
+real shapes, in-process on CUDA.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the interpreter's shard runner
+from interpreter_shards import run_shards, shard_args  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 TOL = {"float32": (6e-4, 2e-3), "bfloat16": (3e-2, 5e-2)}  # (rtol, atol) of mamba-ssm's own scan tests
@@ -141,12 +144,14 @@ def _interpreter_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     torch.set_num_threads(1)
     tri = importlib.import_module("hybridsearch.kernels.selective_scan.triton").selective_scan_triton
-    results = {c.id: compare(c) for c in CASES}
-    # Determinism: two runs of the same backward give bitwise-equal gradients (no atomics).
-    c = CASES[0]
-    r1, r2 = run_case(tri, c, make_inputs(c)), run_case(tri, c, make_inputs(c))
-    results["deterministic"] = {k: float((r1[k] != r2[k]).sum()) for k in r1}
-    results["model"] = compare_model("cpu")
+    shard, shards = shard_args()
+    results = {c.id: compare(c) for c in CASES[shard::shards]}
+    if shard == shards - 1:  # the last shard has the fewest cases
+        # Determinism: two runs of the same backward give bitwise-equal gradients (no atomics).
+        c = CASES[0]
+        r1, r2 = run_case(tri, c, make_inputs(c)), run_case(tri, c, make_inputs(c))
+        results["deterministic"] = {k: float((r1[k] != r2[k]).sum()) for k in r1}
+        results["model"] = compare_model("cpu")
     print(json.dumps({"cases": results, "check": [asdict(c) for c in CASES]}))
 
 
@@ -180,11 +185,8 @@ def compare_model(device: str, batch: int = 1) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def interp_results() -> dict:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    shards = run_shards(Path(__file__).resolve(), timeout=600)
+    return {"cases": {k: v for shard in shards for k, v in shard["cases"].items()}, "check": shards[0]["check"]}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -8,8 +8,8 @@ Each case is one method at its defaults on a tiny Vim, a tiny LM and a tiny Mamb
 SSD scan, whose backends here are the reference and cpu ones (its Triton kernels are mamba_ssm's, CUDA only).
 Sparse dimension tuning is checked in both phases: its warm-up delta during the warm-up, its selected values after it.
 
-The Triton cases run in one subprocess (this file as a script) with ``TRITON_INTERPRET=1``, which must be set
-before triton is first imported.
+The Triton cases run in subprocesses (this file as a script, the cases split over the cores) with
+``TRITON_INTERPRET=1``, which must be set before triton is first imported.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))  # conftest's tiny models, also when run as a script
 
 from conftest import KINDS, applicable, perturb_trainable, tiny_input, tiny_loss, tiny_model  # noqa: E402
+from interpreter_shards import run_shards, shard_args  # noqa: E402
 
 from hybridsearch import apply_peft  # noqa: E402
 from hybridsearch.peft import end_warmup  # noqa: E402
@@ -113,12 +113,7 @@ def test_cpu_backend(case, monkeypatch):
 @pytest.fixture(scope="module")
 def triton_results() -> dict:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("HYBRIDSEARCH_SCAN_BACKEND", None)
-    proc = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=900,
-                          cwd=HERE.parents[2])
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {k: v for shard in run_shards(HERE, timeout=900) for k, v in shard.items()}
 
 
 @pytest.mark.parametrize("case", TRITON_CASES, ids=[case_id(c) for c in TRITON_CASES])
@@ -132,7 +127,8 @@ def test_every_method_is_checked():
     assert {name for _, name, _ in CASES} == set(METHODS.names())
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # [shard shards]: every shards-th case from the shard-th
     assert os.environ.get("TRITON_INTERPRET") == "1"
     torch.set_num_threads(1)
-    print(json.dumps({case_id(c): unreached(*c, "triton") for c in TRITON_CASES}))
+    shard, shards = shard_args()
+    print(json.dumps({case_id(c): unreached(*c, "triton") for c in TRITON_CASES[shard::shards]}))
