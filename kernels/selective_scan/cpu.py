@@ -300,8 +300,11 @@ class _Call:
         self._args = a  # the inputs' part of the kernel arguments, shared by the forward and the backward
 
     def args(self) -> _Args:
-        """A fresh copy of the kernel arguments with the inputs filled in."""
-        return _Args.from_buffer_copy(self._args)
+        """A fresh copy of the kernel arguments with the inputs filled in, and torch's thread count now (the
+        backward runs later than the forward that built them)."""
+        a = _Args.from_buffer_copy(self._args)
+        a.nthreads = torch.get_num_threads()
+        return a
 
     def forward(self, save: bool, out: Tensor | None = None,
                 scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor | None]:
