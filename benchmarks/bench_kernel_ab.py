@@ -1,14 +1,16 @@
 """The cpu scan kernel against another version of its source, alternated in one process: prints JSON.
 
     python benchmarks/bench_kernel_ab.py --against HEAD~1 [--repeats 20] [--threads 1] [--layout contiguous]
+                                         [--sections scan,conv,training]
 
 Builds ``kernels/selective_scan/cpu.cpp`` as it is in the work tree (B) and as it was at ``--against`` (A, any
 git revision, or a file path), then times the scan (forward; forward + backward), the conv and vim-proxy training
 steps with A and B in turn, repeat after repeat. On a shared machine whose speed drifts by tens of percent within
 minutes, alternating in one process is what makes a few-percent difference measurable: each ratio B / A compares
 runs seconds apart. Scan shapes: vim-proxy (64, 128, 17, N 8), mamba-proxy (8, 256, 256, N 16), a quarter batch
-of Vim-S; the conv (with its SiLU) at vim-proxy's (64, 128, 17), K 4; ``--layout contiguous`` for (batch, dim, L)
-contiguous inputs instead of the mixers' channels-innermost views.
+of Vim-S; the conv (with its SiLU, K 4) at vim-proxy's (64, 128, 17), also as Vim's pair of directions, and at
+mamba-proxy's (8, 256, 256); ``--layout contiguous`` for (batch, dim, L) contiguous inputs instead of the mixers'
+channels-innermost views; ``--sections conv,training`` for a subset.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import HYBRID, paired, scan_inputs, vim_training_step  # noqa: E402
 
-from hybridsearch.kernels import causal_conv1d, selective_scan  # noqa: E402
+from hybridsearch.kernels import causal_conv1d, causal_conv1d_bidirectional, selective_scan  # noqa: E402
 
 # the module, not the function of the same name that hybridsearch.kernels exports
 cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
@@ -77,6 +79,32 @@ def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, p
     return out
 
 
+def conv_ab(libs: dict[str, object], batch: int, dim: int, L: int, pair: bool, layout: str, repeats: int) -> dict:
+    """The conv (or Vim's pair of convs of one x) forward and forward + backward, A against B."""
+    def seq() -> torch.Tensor:
+        x = torch.randn(batch, L, 2 * dim)[..., :dim].transpose(1, 2)  # the x half of the in_proj output
+        return x.contiguous() if layout == "contiguous" else x
+
+    x, gouts = seq().requires_grad_(), [seq() for _ in range(2 if pair else 1)]
+    params = [torch.randn(dim, 4, requires_grad=True), torch.randn(dim, requires_grad=True)] * (2 if pair else 1)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        if pair:
+            return causal_conv1d_bidirectional(x, *params, backend="cpu")
+        return (causal_conv1d(x, *params, backend="cpu"),)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            run()
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(run(), [x, *params], gouts)
+
+    per = max(1, 5 * 64 * 17 // (batch * L))
+    return {"forward": alternate(libs, fwd, repeats, per_repeat=per),
+            "forward_backward": alternate(libs, fwd_bwd, repeats, per_repeat=per)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", required=True, help="git revision (or file) of the A source")
@@ -88,13 +116,16 @@ def main() -> None:
     ap.add_argument("--layout", choices=("model", "contiguous"), default="model",
                     help="the scan's and the conv's inputs: channels innermost as the mixers pass them, or "
                          "(batch, dim, L) contiguous")
+    ap.add_argument("--sections", default="scan,conv,training",
+                    help="comma-separated subset of scan, conv, training")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     PART_CHANNELS["A"] = args.a_part_channels
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(SOURCE)}
     res: dict[str, dict] = {}
-    for batch, dim, L, N, label in SHAPES:
+    for batch, dim, L, N, label in SHAPES if "scan" in sections else ():
         xs = scan_inputs(batch, dim, L, N, True, args.layout)
         gout = scan_inputs(batch, dim, L, N, False, args.layout)[6]
 
@@ -107,26 +138,15 @@ def main() -> None:
 
         res[f"scan {label} (batch={batch}, dim={dim}, L={L}, N={N})"] = {
             "forward": alternate(libs, fwd, args.repeats), "forward_backward": alternate(libs, fwd_bwd, args.repeats)}
-    # the mixer's conv1d + SiLU at the vim-proxy shape, channels innermost as the mixers pass it (or contiguous)
-    def seq() -> torch.Tensor:
-        x = torch.randn(64, 17, 128).transpose(1, 2)
-        return x.contiguous() if args.layout == "contiguous" else x
-
-    xc, gc = seq().requires_grad_(), seq()
-    wc, bc = torch.randn(128, 4, requires_grad=True), torch.randn(128, requires_grad=True)
-
-    def conv_fwd() -> None:
-        with torch.no_grad():
-            causal_conv1d(xc, wc, bc, backend="cpu")
-
-    def conv_fwd_bwd() -> None:
-        torch.autograd.grad(causal_conv1d(xc, wc, bc, backend="cpu"), [xc, wc, bc], gc)
-
-    res["conv vim_proxy (64, 128, 17), K 4"] = {"forward": alternate(libs, conv_fwd, args.repeats, per_repeat=5),
-                                                "forward_backward": alternate(libs, conv_fwd_bwd, args.repeats,
-                                                                              per_repeat=5)}
+    # the mixers' conv1d + SiLU, channels innermost as the mixers pass it (or contiguous): Mamba's one direction at
+    # vim-proxy's and mamba-proxy's shapes, Vim's two directions of one x (one call when the library has the pair)
+    conv_shapes = ((64, 128, 17, "vim_proxy"), (8, 256, 256, "mamba_proxy")) if "conv" in sections else ()
+    for batch, dim, L, label in conv_shapes:
+        for pair in (False, True) if label == "vim_proxy" else (False,):
+            res[f"conv{' pair' if pair else ''} {label} ({batch}, {dim}, {L}), K 4"] = conv_ab(
+                libs, batch, dim, L, pair, args.layout, args.repeats)
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    for name, peft in (("full_ft", None), ("lorap_x+addscan", HYBRID)):
+    for name, peft in (("full_ft", None), ("lorap_x+addscan", HYBRID)) if "training" in sections else ():
         step = vim_training_step(peft, "cpu", x, y)
         t = alternate(libs, step, max(3, args.repeats // 2), per_repeat=args.train_steps)
         t["images_per_s"] = {k: round(64e3 / t[k]["median_ms"], 1) for k in libs}

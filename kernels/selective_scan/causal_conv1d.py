@@ -42,17 +42,23 @@ def _params(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]
     return weight.detach().float().contiguous(), None if bias is None else bias.detach().float().contiguous()
 
 
-def _forward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool) -> Tensor:
+def _forward_args(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool) -> tuple[ConvArgs, Tensor]:
     out = empty_like_layout(xr)
     a = _args(xr, w, b, silu, reverse)
     a.out = targ(out)
+    return a, out
+
+
+def _forward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool) -> Tensor:
+    a, out = _forward_args(xr, w, b, silu, reverse)
     run_kernel("hs_conv_forward", a)
     return out
 
 
-def _backward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool, dout: Tensor,
-              needs: tuple[bool, bool, bool], dx: Tensor | None = None) -> tuple[Tensor | None, ...]:
-    """(dx, dw, db) for the output's gradient ``dout``; given ``dx``, x's gradient is added onto it in place."""
+def _backward_args(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool, dout: Tensor,
+                   needs: tuple[bool, bool, bool], dx: Tensor | None = None) -> tuple[ConvArgs, tuple]:
+    """The kernel arguments and (dx, dw, db) for the output's gradient ``dout``; given ``dx``, x's gradient is
+    added onto it in place."""
     dout = readable(dout)
     accumulate = dx is not None
     if dx is None and needs[0]:
@@ -61,8 +67,16 @@ def _backward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool
     db = torch.empty(w.shape[0]) if b is not None and needs[2] else None
     a = _args(xr, w, b, silu, reverse)
     a.dout, a.dx, a.dw, a.dbias, a.accumulate = targ(dout), targ(dx), ptr(dw), ptr(db), accumulate
+    a.keep = dout  # alive until the kernel has run
+    return a, (dx, dw, db)
+
+
+def _backward(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse: bool, dout: Tensor,
+              needs: tuple[bool, bool, bool], dx: Tensor | None = None) -> tuple[Tensor | None, ...]:
+    """(dx, dw, db) for the output's gradient ``dout``; given ``dx``, x's gradient is added onto it in place."""
+    a, grads = _backward_args(xr, w, b, silu, reverse, dout, needs, dx)
     run_kernel("hs_conv_backward", a)
-    return dx, dw, db
+    return grads
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
@@ -91,18 +105,19 @@ class _CausalConv1dCpu(torch.autograd.Function):
 
 
 class _CausalConv1dPairCpu(torch.autograd.Function):
-    """Vim's two directions' convs of one x, (conv, reverse conv): one node, and the backward adds the second
-    direction's input gradient onto the first's in the kernel (no separate sum)."""
+    """Vim's two directions' convs of one x, (conv, reverse conv): one node, one kernel call each way (each task
+    reads its x once for both directions; the backward sums their x gradients in the kernel)."""
 
     @staticmethod
     def forward(ctx, x, weight_f, bias_f, weight_b, bias_b, silu):
         xr = readable(x)
         (wf, bf), (wb, bb) = _params(weight_f, bias_f), _params(weight_b, bias_b)
-        outs = (_forward(xr, wf, bf, silu, False), _forward(xr, wb, bb, silu, True))
+        (af, out_f), (ab, out_b) = _forward_args(xr, wf, bf, silu, False), _forward_args(xr, wb, bb, silu, True)
+        run_kernel("hs_conv_forward", af, ab)
         ctx.save_for_backward(xr, wf, bf, wb, bb)
         ctx.flags = (silu, x.dtype, *(None if t is None else t.dtype for t in (weight_f, bias_f, weight_b, bias_b)))
         ctx.set_materialize_grads(False)
-        return tuple(o.to(x.dtype) for o in outs)
+        return out_f.to(x.dtype), out_b.to(x.dtype)
 
     @staticmethod
     @once_differentiable
@@ -110,14 +125,21 @@ class _CausalConv1dPairCpu(torch.autograd.Function):
         xr, wf, bf, wb, bb = ctx.saved_tensors
         silu, x_dtype, *dtypes = ctx.flags
         needs = ctx.needs_input_grad
-        dx, grads = None, []
-        for (w, b), reverse, dout, nw, nb in (((wf, bf), False, dout_f, needs[1], needs[2]),
-                                               ((wb, bb), True, dout_b, needs[3], needs[4])):
-            if dout is None:
-                grads += [None, None]
-                continue
-            dx, dw, db = _backward(xr, w, b, silu, reverse, dout, (needs[0], nw, nb), dx=dx)
-            grads += [dw, db]
+        if dout_f is not None and dout_b is not None:
+            af, (dx, dwf, dbf) = _backward_args(xr, wf, bf, silu, False, dout_f, (needs[0], needs[1], needs[2]))
+            # b adds onto a's dx: what a library without the pair entry point does when it runs them in turn
+            ab, (_, dwb, dbb) = _backward_args(xr, wb, bb, silu, True, dout_b, (needs[0], needs[3], needs[4]), dx)
+            run_kernel("hs_conv_backward", af, ab)
+            grads = [dwf, dbf, dwb, dbb]
+        else:
+            dx, grads = None, []
+            for (w, b), reverse, dout, nw, nb in (((wf, bf), False, dout_f, needs[1], needs[2]),
+                                                   ((wb, bb), True, dout_b, needs[3], needs[4])):
+                if dout is None:
+                    grads += [None, None]
+                    continue
+                dx, dw, db = _backward(xr, w, b, silu, reverse, dout, (needs[0], nw, nb), dx=dx)
+                grads += [dw, db]
         return (_cast(dx, x_dtype), *(_cast(g, dt) for g, dt in zip(grads, dtypes)), None)
 
 

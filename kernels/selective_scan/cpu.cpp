@@ -778,58 +778,76 @@ void parallel_tasks(int64_t ntasks, int64_t nthreads, const ScanArgs& a, bool ba
 
 // ---- depthwise causal conv1d (+ SiLU) -------------------------------------------------------------------------
 // One task per (sequence, block of W channels); the whole sequence of the block sits in scratch, padded by K - 1
-// zeros at both ends, so every position reads the same way: xp[j] = x[j - (K - 1)].
+// zeros at both ends, so every position reads the same way: xp[j] = x[j - (K - 1)]. Vim's two directions (the
+// conv and the reverse conv of one x) run as a pair (hs_conv_*_pair): each task reads its x once for both, and
+// the backward sums the two directions' x gradients in scratch and writes them once.
 struct ConvScratch {
-  std::vector<vf> xp, pre, dp, w, dw, acc;
+  std::vector<vf> xp, pre, dp, dx, w, dw;
   void reserve(const ConvArgs& a) {
     size_t pad = size_t(a.L + 2 * (a.K - 1));
     xp.assign(pad, vf{});
     dp.assign(pad, vf{});
     pre.resize(size_t(a.L));
-    if (a.accumulate) acc.resize(size_t(a.L));
+    dx.resize(size_t(a.L));
     w.resize(size_t(a.K));
     dw.resize(size_t(a.K));
   }
 };
 
-// Offset into the padded buffer of tap k for output t: forward t + k, reverse t + 2 (K - 1) - k.
-inline int64_t tap(const ConvArgs& a, int64_t k) { return a.reverse ? 2 * (a.K - 1) - k : k; }
+// The weights as (K, dim), once per call: a block's tap is then one vector load, where the ABI's (dim, K) needs
+// a gather of W strided floats per tap and task.
+std::vector<float> conv_taps(const ConvArgs& a) {
+  std::vector<float> wt(size_t(a.K * a.dim));
+  for (int64_t d = 0; d < a.dim; ++d)
+    for (int64_t k = 0; k < a.K; ++k) wt[k * a.dim + d] = a.w[d * a.K + k];
+  return wt;
+}
 
-// The pre-activation of one block into s.pre (and the padded input into s.xp); KF: a compile-time K, or 0.
-template <int KF>
-void conv_pre(const ConvArgs& a, ConvScratch& s, int64_t b, int64_t d0, int nc) {
-  const int64_t K = KF ? KF : a.K, L = a.L;
-  for (int64_t k = 0; k < K; ++k) s.w[k] = lanes(a.w + k, d0, nc, K);
-  const vf bias = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
-  for (int64_t t0 = 0; t0 < L; t0 += 256) {  // load_tile takes int lengths: read in slices
-    int nt = int(std::min<int64_t>(256, L - t0));
-    load_tile(a.x, b, d0, nc, t0, nt, s.xp.data() + (K - 1) + t0);
+void conv_load_x(const ConvArgs& a, ConvScratch& s, int64_t b, int64_t d0, int nc) {
+  for (int64_t t0 = 0; t0 < a.L; t0 += 256) {  // load_tile takes int lengths: read in slices
+    int nt = int(std::min<int64_t>(256, a.L - t0));
+    load_tile(a.x, b, d0, nc, t0, nt, s.xp.data() + (a.K - 1) + t0);
   }
+}
+
+// The pre-activation of one block from s.xp into s.pre, or its SiLU when `act`; KF: a compile-time K, or 0.
+template <int KF>
+void conv_pre(const ConvArgs& a, const float* wt, ConvScratch& s, int64_t d0, int nc, bool act) {
+  const int64_t K = KF ? KF : a.K, L = a.L;
+  vf wl[KF ? KF : 1];
+  vf* w = KF ? wl : s.w.data();
+  for (int64_t k = 0; k < K; ++k) w[k] = lanes(wt + k * a.dim, d0, nc, 1);
+  const vf bias = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
+  const vf* xp = s.xp.data() + (a.reverse ? 2 * (K - 1) : 0);
+  const int64_t step = a.reverse ? -1 : 1;
   for (int64_t t = 0; t < L; ++t) {
     vf acc = bias;
-    for (int64_t k = 0; k < K; ++k) acc += s.w[k] * s.xp[t + tap(a, k)];
+    for (int64_t k = 0; k < K; ++k) acc += w[k] * xp[t + step * k];
     s.pre[t] = acc;
   }
+  if (act)
+    for (int64_t t = 0; t < L; ++t) s.pre[t] *= vsigmoid(s.pre[t]);
 }
 
-template <int KF>
-void conv_forward_task(const ConvArgs& a, int64_t task, ConvScratch& s) {
-  const int64_t nblk = (a.dim + W - 1) / W, b = task / nblk, d0 = (task % nblk) * W;
-  const int nc = int(std::min<int64_t>(W, a.dim - d0));
-  conv_pre<KF>(a, s, b, d0, nc);
-  if (a.silu)
-    for (int64_t t = 0; t < a.L; ++t) s.pre[t] *= vsigmoid(s.pre[t]);
+void conv_store(const ConvArgs& a, const TArg& dst, int64_t b, int64_t d0, int nc, const std::vector<vf>& src) {
   for (int64_t t0 = 0; t0 < a.L; t0 += 256)
-    store_tile(a.out, b, d0, nc, t0, int(std::min<int64_t>(256, a.L - t0)), s.pre.data() + t0);
+    store_tile(dst, b, d0, nc, t0, int(std::min<int64_t>(256, a.L - t0)), src.data() + t0);
 }
 
+// One direction's outputs of the block whose x is in s.xp.
 template <int KF>
-void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::vector<float>& pw,
-                        std::vector<float>& pb) {
-  const int64_t nblk = (a.dim + W - 1) / W, b = task / nblk, d0 = (task % nblk) * W, L = a.L;
-  const int64_t K = KF ? KF : a.K;
-  const int nc = int(std::min<int64_t>(W, a.dim - d0));
-  conv_pre<KF>(a, s, b, d0, nc);
+void conv_forward_block(const ConvArgs& a, const float* wt, ConvScratch& s, int64_t b, int64_t d0, int nc) {
+  conv_pre<KF>(a, wt, s, d0, nc, a.silu);
+  conv_store(a, a.out, b, d0, nc, s.pre);
+}
+
+// One direction's backward of the block whose x is in s.xp: d(w), d(bias) into its partials, x's gradient into
+// s.dx (added onto it when `add`).
+template <int KF>
+void conv_backward_block(const ConvArgs& a, const float* wt, ConvScratch& s, int64_t b, int64_t d0, int nc,
+                         float* pw, float* pb, bool add) {
+  const int64_t K = KF ? KF : a.K, L = a.L;
+  conv_pre<KF>(a, wt, s, d0, nc, false);
   vf* dp = s.dp.data() + (K - 1);  // dp[t] = dL/d(pre-activation) at t; zeros beyond both ends
   for (int64_t t0 = 0; t0 < L; t0 += 256)
     load_tile(a.dout, b, d0, nc, t0, int(std::min<int64_t>(256, L - t0)), dp + t0);
@@ -839,6 +857,8 @@ void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::ve
   vf dwl[KF ? KF : 1];
   vf* dwacc = KF ? dwl : s.dw.data();
   for (int64_t k = 0; k < K; ++k) dwacc[k] = vf{};
+  const vf* xp = s.xp.data() + (a.reverse ? 2 * (K - 1) : 0);
+  const int64_t step = a.reverse ? -1 : 1;
   for (int64_t t = 0; t < L; ++t) {
     vf d = dp[t];
     if (a.silu) {
@@ -848,7 +868,7 @@ void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::ve
     }
     db += d;
     if (a.dw)
-      for (int64_t k = 0; k < K; ++k) dwacc[k] += d * s.xp[t + tap(a, k)];
+      for (int64_t k = 0; k < K; ++k) dwacc[k] += d * xp[t + step * k];
   }
   if (a.dw) {
     if (KF)
@@ -860,30 +880,113 @@ void conv_backward_task(const ConvArgs& a, int64_t task, ConvScratch& s, std::ve
     for (int c = 0; c < nc; ++c) pb[b * a.dim + d0 + c] = db[c];
   if (a.dx.dtype) {
     // x[s] fed output t = s + K - 1 - k (forward) or s - (K - 1) + k (reverse) through tap k.
-    std::vector<vf>& out = s.pre;
+    vf wl[KF ? KF : 1];
+    vf* w = KF ? wl : s.w.data();
+    for (int64_t k = 0; k < K; ++k) w[k] = lanes(wt + k * a.dim, d0, nc, 1);
+    const vf* dq = s.dp.data() + (a.reverse ? 0 : 2 * (K - 1));
+    const int64_t back = a.reverse ? 1 : -1;
     for (int64_t t = 0; t < L; ++t) {
       vf acc{};
-      for (int64_t k = 0; k < K; ++k) acc += s.w[k] * s.dp[t + (a.reverse ? k : 2 * (K - 1) - k)];
-      out[t] = acc;
+      for (int64_t k = 0; k < K; ++k) acc += w[k] * dq[t + back * k];
+      s.dx[t] = add ? s.dx[t] + acc : acc;
     }
-    for (int64_t t0 = 0; t0 < L; t0 += 256) {
-      const int nt = int(std::min<int64_t>(256, L - t0));
-      if (a.accumulate) {
-        load_tile(a.dx, b, d0, nc, t0, nt, s.acc.data() + t0);
-        for (int64_t t = t0; t < t0 + nt; ++t) out[t] += s.acc[t];
-      }
-      store_tile(a.dx, b, d0, nc, t0, nt, out.data() + t0);
+  }
+}
+
+// x's gradient of the block from s.dx, plus what dx holds when the call accumulates.
+void conv_store_dx(const ConvArgs& a, ConvScratch& s, int64_t b, int64_t d0, int nc) {
+  for (int64_t t0 = 0; t0 < a.L; t0 += 256) {
+    const int nt = int(std::min<int64_t>(256, a.L - t0));
+    if (a.accumulate) {
+      load_tile(a.dx, b, d0, nc, t0, nt, s.pre.data() + t0);
+      for (int64_t t = t0; t < t0 + nt; ++t) s.dx[t] += s.pre[t];
     }
+    store_tile(a.dx, b, d0, nc, t0, nt, s.dx.data() + t0);
   }
 }
 
 template <class F>
 void parallel_conv(const ConvArgs& a, F fn) {
-  parallel_for(a.batch * ((a.dim + W - 1) / W), a.nthreads, [&] {
+  const int64_t nblk = (a.dim + W - 1) / W;
+  parallel_for(a.batch * nblk, a.nthreads, [&] {
     ConvScratch s;
     s.reserve(a);
     return s;
-  }, fn);
+  }, [&](int64_t task, ConvScratch& s) {
+    const int64_t b = task / nblk, d0 = (task % nblk) * W;
+    fn(s, b, d0, int(std::min<int64_t>(W, a.dim - d0)));
+  });
+}
+
+// fn(std::integral_constant<int, KF>): Mamba's d_conv 4 compiled in (the taps unrolled), else K at run time.
+template <class F>
+void with_taps(int64_t K, F fn) {
+  if (K == 4)
+    fn(std::integral_constant<int, 4>{});
+  else
+    fn(std::integral_constant<int, 0>{});
+}
+
+// The conv of x (a), and with b the reverse conv of the same x (Vim's pair): each task reads x once.
+int conv_forward(const ConvArgs* a, const ConvArgs* b) {
+  try {
+    if (b && (b->batch != a->batch || b->dim != a->dim || b->L != a->L || b->K != a->K)) return 2;
+    const std::vector<float> wa = conv_taps(*a), wb = b ? conv_taps(*b) : std::vector<float>{};
+    with_taps(a->K, [&](auto kf) {
+      constexpr int KF = decltype(kf)::value;
+      parallel_conv(*a, [&](ConvScratch& s, int64_t bi, int64_t d0, int nc) {
+        conv_load_x(*a, s, bi, d0, nc);
+        conv_forward_block<KF>(*a, wa.data(), s, bi, d0, nc);
+        if (b) conv_forward_block<KF>(*b, wb.data(), s, bi, d0, nc);
+      });
+    });
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+// Per-sequence partials of d(w), d(bias) summed over the batch in a fixed order.
+void conv_sum_partials(const ConvArgs& a, const std::vector<float>& pw, const std::vector<float>& pb) {
+  for (int pair = 0; pair < 2; ++pair) {
+    float* dst = pair ? a.dbias : a.dw;
+    if (!dst) continue;
+    const std::vector<float>& src = pair ? pb : pw;
+    const int64_t n = pair ? a.dim : a.dim * a.K;
+    std::copy(src.begin(), src.begin() + n, dst);
+    for (int64_t b = 1; b < a.batch; ++b)
+      for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
+  }
+}
+
+// With b (the reverse conv of a's x): x's gradient is the two directions' sum, written once to a's dx.
+int conv_backward(const ConvArgs* a, const ConvArgs* b) {
+  try {
+    if (b && (b->batch != a->batch || b->dim != a->dim || b->L != a->L || b->K != a->K)) return 2;
+    static thread_local std::vector<float> own[4];  // d(w), d(bias) partials per direction, reused across calls
+    std::vector<float>*P = own;                       // what the workers' lambdas capture: this thread's buffers
+    for (int i = 0; i < (b ? 2 : 1); ++i) {
+      const ConvArgs& c = i ? *b : *a;
+      if (c.dw) P[2 * i].resize(std::max(P[2 * i].size(), size_t(c.batch * c.dim * c.K)));
+      if (c.dbias) P[2 * i + 1].resize(std::max(P[2 * i + 1].size(), size_t(c.batch * c.dim)));
+    }
+    const std::vector<float> wa = conv_taps(*a), wb = b ? conv_taps(*b) : std::vector<float>{};
+    const bool want_dx = a->dx.dtype != 0;
+    with_taps(a->K, [&](auto kf) {
+      constexpr int KF = decltype(kf)::value;
+      parallel_conv(*a, [&](ConvScratch& s, int64_t bi, int64_t d0, int nc) {
+        conv_load_x(*a, s, bi, d0, nc);
+        conv_backward_block<KF>(*a, wa.data(), s, bi, d0, nc, P[0].data(), P[1].data(), false);
+        if (b) conv_backward_block<KF>(*b, wb.data(), s, bi, d0, nc, P[2].data(), P[3].data(), want_dx);
+        if (want_dx) conv_store_dx(*a, s, bi, d0, nc);
+      });
+    });
+    conv_sum_partials(*a, P[0], P[1]);
+    if (b) conv_sum_partials(*b, P[2], P[3]);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
 }
 
 // ---- RMSNorm ------------------------------------------------------------------------------------------------
@@ -977,46 +1080,12 @@ int64_t hs_scan_abi_version() { return 3; }
 
 int64_t hs_scan_vector_width() { return W; }  // fp32 lanes per vector in this build
 
-int hs_conv_forward(const ConvArgs* a) {
-  try {
-    parallel_conv(*a, [&](int64_t t, ConvScratch& s) {
-      if (a->K == 4)  // Mamba's d_conv: a compile-time K unrolls the taps
-        conv_forward_task<4>(*a, t, s);
-      else
-        conv_forward_task<0>(*a, t, s);
-    });
-    return 0;
-  } catch (...) {
-    return 1;
-  }
-}
-
-int hs_conv_backward(const ConvArgs* a) {
-  try {
-    static thread_local std::vector<float> pw_own, pb_own;  // reused across calls, as the scan's partials
-    std::vector<float>&pw = pw_own, &pb = pb_own;            // references: what the workers' lambdas capture
-    if (a->dw) pw.resize(std::max(pw.size(), size_t(a->batch * a->dim * a->K)));
-    if (a->dbias) pb.resize(std::max(pb.size(), size_t(a->batch * a->dim)));
-    parallel_conv(*a, [&](int64_t t, ConvScratch& s) {
-      if (a->K == 4)
-        conv_backward_task<4>(*a, t, s, pw, pb);
-      else
-        conv_backward_task<0>(*a, t, s, pw, pb);
-    });
-    for (int pair = 0; pair < 2; ++pair) {  // fixed-order sums over the batch
-      float* dst = pair ? a->dbias : a->dw;
-      if (!dst) continue;
-      const std::vector<float>& src = pair ? pb : pw;
-      const int64_t n = pair ? a->dim : a->dim * a->K;
-      std::copy(src.begin(), src.begin() + n, dst);
-      for (int64_t b = 1; b < a->batch; ++b)
-        for (int64_t e = 0; e < n; ++e) dst[e] += src[b * n + e];
-    }
-    return 0;
-  } catch (...) {
-    return 1;
-  }
-}
+// Return 0, 1 after an exception, 2 for a pair whose shapes differ. A pair's b is the reverse conv of a's x; its
+// x gradient goes to a's dx (b's dx is not read).
+int hs_conv_forward(const ConvArgs* a) { return conv_forward(a, nullptr); }
+int hs_conv_backward(const ConvArgs* a) { return conv_backward(a, nullptr); }
+int hs_conv_forward_pair(const ConvArgs* a, const ConvArgs* b) { return conv_forward(a, b); }
+int hs_conv_backward_pair(const ConvArgs* a, const ConvArgs* b) { return conv_backward(a, b); }
 
 int hs_norm_forward(const NormArgs* a) {
   try {

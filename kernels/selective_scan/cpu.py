@@ -156,9 +156,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.hs_scan_abi_version.restype = lib.hs_scan_vector_width.restype = ctypes.c_int64
     if lib.hs_scan_abi_version() != _ABI:
         raise CpuScanUnavailable(f"{path} has ABI {lib.hs_scan_abi_version()}, expected {_ABI}")
-    for fn in ("hs_scan_forward_pair", "hs_scan_backward_pair"):
+    for fn, arg in (("hs_scan_forward_pair", _Args), ("hs_scan_backward_pair", _Args),
+                    ("hs_conv_forward_pair", ConvArgs), ("hs_conv_backward_pair", ConvArgs)):
         if hasattr(lib, fn):  # absent from libraries of older sources, which bench_kernel_ab.py compares against
-            getattr(lib, fn).argtypes = [ctypes.POINTER(_Args)] * 2
+            getattr(lib, fn).argtypes = [ctypes.POINTER(arg)] * 2
             getattr(lib, fn).restype = ctypes.c_int
     for fn, arg, res in (("hs_scan_ckpt_size", _Args, ctypes.c_int64), ("hs_scan_forward", _Args, ctypes.c_int),
                          ("hs_scan_backward", _Args, ctypes.c_int), ("hs_conv_forward", ConvArgs, ctypes.c_int),
@@ -365,9 +366,9 @@ class _Call:
 
 def run_kernel(name: str, *args: ctypes.Structure) -> None:
     """The library's ``name`` (``hs_scan_forward``, ``hs_conv_backward``, ``hs_norm_forward``, ...) on its
-    arguments. Given two (a scan's), Vim's two directions in one call (``name``_pair: each task's second scan
-    right after its first), or one after the other with a library built from a source before the pair entry
-    points. Raises when the kernel reports a failure."""
+    arguments. Given two (a scan's or a conv's), Vim's two directions in one call (``name``_pair: each task's
+    second direction right after its first), or one after the other with a library built from a source before
+    the pair entry points. Raises when the kernel reports a failure."""
     lib = library()
     if len(args) == 2 and not hasattr(lib, f"{name}_pair"):
         for a in args:
@@ -375,7 +376,7 @@ def run_kernel(name: str, *args: ctypes.Structure) -> None:
         return
     rc = getattr(lib, f"{name}_pair" if len(args) == 2 else name)(*(ctypes.byref(a) for a in args))
     if rc == 2:
-        raise ValueError("the two directions of a bidirectional scan need one shape")
+        raise ValueError(f"the two directions of a bidirectional {name[3:7]} need one shape")
     if rc:
         raise RuntimeError(f"the cpu kernel {name} failed (out of memory or threads)")
 

@@ -31,6 +31,7 @@ from hybridsearch.kernels.selective_scan.naive import naive_selective_scan
 cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
 dispatch = importlib.import_module("hybridsearch.kernels.selective_scan")
 ref = importlib.import_module("hybridsearch.kernels.selective_scan.reference")
+conv_wrapper = importlib.import_module("hybridsearch.kernels.selective_scan.causal_conv1d")
 
 HAS_COMPILER = bool(os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++")))
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the cpu backend cannot be built")
@@ -262,15 +263,8 @@ def test_bidirectional_rejects_directions_of_different_shapes():
         selective_scan_bidirectional(dirs[0], fewer_states[1], z, True, backend="cpu")
 
 
-@needs_kernel
-def test_bidirectional_without_the_pair_entry_points(monkeypatch):
-    """A library built from a source before the pair calls (what benchmarks/bench_kernel_ab.py loads to compare
-    against) runs the two directions one after the other, with the same results."""
-    dirs, z = _directions(2, 40, 17, 8, 0, OPTS, torch.float32, "model")
-    leaves = _leaves(dirs, z)
-    g = torch.randn(2, 40, 17, generator=torch.Generator().manual_seed(5))
-    paired = selective_scan_bidirectional(*dirs, z, True, backend="cpu")
-    paired_g = torch.autograd.grad(paired, leaves, g)
+def _without_pair_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cpu backend calls, from here on, a library built from a source before the pair entry points."""
     lib = cpu.library()
 
     class OlderLibrary:
@@ -280,6 +274,18 @@ def test_bidirectional_without_the_pair_entry_points(monkeypatch):
             return getattr(lib, name)
 
     monkeypatch.setattr(cpu, "library", OlderLibrary)
+
+
+@needs_kernel
+def test_bidirectional_without_the_pair_entry_points(monkeypatch):
+    """A library built from a source before the pair calls (what benchmarks/bench_kernel_ab.py loads to compare
+    against) runs the two directions one after the other, with the same results."""
+    dirs, z = _directions(2, 40, 17, 8, 0, OPTS, torch.float32, "model")
+    leaves = _leaves(dirs, z)
+    g = torch.randn(2, 40, 17, generator=torch.Generator().manual_seed(5))
+    paired = selective_scan_bidirectional(*dirs, z, True, backend="cpu")
+    paired_g = torch.autograd.grad(paired, leaves, g)
+    _without_pair_entry_points(monkeypatch)
     single = selective_scan_bidirectional(*dirs, z, True, backend="cpu")
     assert torch.equal(single, paired)
     for a, b in zip(torch.autograd.grad(single, leaves, g), paired_g):
@@ -576,6 +582,37 @@ def test_conv_bidirectional_equals_two_convs(widths, used, dtype):
             for i, r in ((0, False), (2, True))]
     for a, b in zip(fused, want):
         torch.testing.assert_close(a.double(), b, rtol=tol * 10, atol=tol * 10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("silu", [False, True], ids=["linear", "silu"])
+def test_conv_bidirectional_without_the_pair_entry_points(monkeypatch, silu):
+    """The conv pair's one kernel call each way (x read once, the x gradients summed in scratch) against a library
+    without the pair calls, which runs the two directions in turn (the second adding onto the first's dx)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 21, 48, generator=g)[..., :24].transpose(1, 2).detach().requires_grad_()
+    params = [t.requires_grad_() for t in (torch.randn(24, 4, generator=g), torch.randn(24, generator=g),
+                                           torch.randn(24, 4, generator=g), torch.randn(24, generator=g))]
+    gouts = [torch.randn(3, 24, 21, generator=g) for _ in range(2)]
+
+    def run():
+        outs = causal_conv1d_bidirectional(x, *params, silu=silu, backend="cpu")
+        return outs, torch.autograd.grad(outs, [x, *params], gouts)
+
+    paired = run()
+    _without_pair_entry_points(monkeypatch)
+    single = run()
+    for a, b in zip([*paired[0], *paired[1]], [*single[0], *single[1]]):
+        assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_conv_pair_kernel_checks_its_shapes():
+    x, w = torch.randn(2, 8, 6), torch.randn(8, 4)
+    a, _ = conv_wrapper._forward_args(x, w, None, True, False)
+    b, _ = conv_wrapper._forward_args(torch.randn(2, 8, 7), w, None, True, True)
+    with pytest.raises(ValueError, match="conv need one shape"):
+        cpu.run_kernel("hs_conv_forward", a, b)
 
 
 def test_conv_backend_follows_the_scan_backend(monkeypatch):
