@@ -751,20 +751,45 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
   }
 }
 
+// libgomp's entry point for a parallel region (GCC's OpenMP ABI, also exported by LLVM's and Intel's runtimes):
+// fn(data) on num_threads threads, this one included. Set by hs_set_openmp to the runtime torch runs on, so the
+// kernels' threads are torch's own: right after a torch operator its OpenMP workers spin-wait for more work for a
+// while, and threads of our own would share the cores with them (measured: a 2-thread scan after a matmul took
+// twice the 1-thread time).
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+std::atomic<GompParallel> gomp_parallel{nullptr};
+
 // Tasks 0 .. ntasks - 1 shared out to up to nthreads threads (this one included), each with its own scratch from
 // init(). Which thread runs a task never changes a result: every task writes its own outputs or partials.
 template <class Init, class F>
 void parallel_for(int64_t ntasks, int64_t nthreads, Init init, F fn) {
   nthreads = std::max<int64_t>(1, std::min(nthreads, ntasks));
   std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    auto s = init();
-    for (int64_t t; (t = next.fetch_add(1)) < ntasks;) fn(t, s);
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  auto worker = [&]() {  // no exception may leave a thread (std::terminate) or an OpenMP region (undefined)
+    try {
+      auto s = init();
+      for (int64_t t; !failed.load(std::memory_order_relaxed) && (t = next.fetch_add(1)) < ntasks;) fn(t, s);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
   };
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+  const GompParallel omp = gomp_parallel.load();
+  if (nthreads == 1) {
+    worker();
+  } else if (omp) {
+    omp([](void* w) { (*static_cast<decltype(worker)*>(w))(); }, &worker, unsigned(nthreads), 0);
+  } else {
+    std::vector<std::thread> pool;
+    try {
+      for (int64_t i = 1; i < nthreads; ++i) pool.emplace_back(worker);
+    } catch (...) {  // fewer threads than asked: the tasks are shared out among those there are
+    }
+    worker();
+    for (auto& th : pool) th.join();
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 template <class F>
@@ -1079,6 +1104,9 @@ extern "C" {
 int64_t hs_scan_abi_version() { return 3; }
 
 int64_t hs_scan_vector_width() { return W; }  // fp32 lanes per vector in this build
+
+// The OpenMP runtime's GOMP_parallel for the kernels' threads (see gomp_parallel), or null for threads of their own.
+void hs_set_openmp(void* gomp_parallel_fn) { gomp_parallel.store(reinterpret_cast<GompParallel>(gomp_parallel_fn)); }
 
 // Return 0, 1 after an exception, 2 for a pair whose shapes differ. A pair's b is the reverse conv of a's x; its
 // x gradient goes to a's dx (b's dx is not read).

@@ -21,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -167,7 +168,39 @@ def _load(path: Path) -> ctypes.CDLL:
                          ("hs_norm_backward", NormArgs, ctypes.c_int)):
         getattr(lib, fn).argtypes = [ctypes.POINTER(arg)]
         getattr(lib, fn).restype = res
+    if hasattr(lib, "hs_set_openmp"):  # absent from libraries of older sources
+        lib.hs_set_openmp.argtypes, lib.hs_set_openmp.restype = [ctypes.c_void_p], None
+        runtime = _openmp_runtime()
+        _state["threads"] = f"OpenMP ({runtime[0]})" if runtime else "own threads"
+        lib.hs_set_openmp(runtime[1] if runtime else None)
     return lib
+
+
+def _openmp_runtime() -> tuple[str, int] | None:
+    """(path, address of GOMP_parallel) of the OpenMP runtime torch's operators run on, or None (another parallel
+    backend, or not Linux). The kernels then run their threads as torch's own: torch's OpenMP workers spin-wait
+    for a while after each operator, and threads of the kernels' own would share the cores with them."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = {ln.split(maxsplit=5)[5] for ln in maps.splitlines() if len(ln.split()) >= 6}
+    found = [p for p in paths if re.match(r"lib(gomp|iomp5|omp)\b.*\.so", Path(p).name)]
+    torch_lib = Path(torch.__file__).parent
+    for path in sorted(found, key=lambda p: not Path(p).is_relative_to(torch_lib)):  # torch's own first
+        try:
+            return path, ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def threading_runtime() -> str:
+    """How the kernels run their threads: on torch's OpenMP runtime (its path) or on threads of their own."""
+    library()
+    return _state.get("threads", "own threads")
 
 
 def library() -> ctypes.CDLL:

@@ -382,6 +382,33 @@ def test_bidirectional_bitwise_deterministic_for_any_thread_count():
 
 
 @needs_kernel
+def test_threads_are_torchs_openmp_workers_or_the_kernels_own():
+    """With torch on OpenMP (Linux) the kernels' threads are torch's own workers (its runtime's GOMP_parallel);
+    on threads of the kernels' own (no OpenMP runtime found) the scan and the conv give bitwise the same."""
+    if sys.platform == "linux" and "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        assert cpu.threading_runtime().startswith("OpenMP (")
+    x, softplus = make_inputs(4, 288, 33, 16, 0, OPTS)
+    xc = torch.randn(4, 33, 96, generator=torch.Generator().manual_seed(1))[..., :48].transpose(1, 2)
+    xc = xc.detach().requires_grad_()
+    conv_params = [torch.randn(48, 4).requires_grad_(), torch.randn(48).requires_grad_()] * 2
+    lib, runtime, threads = cpu.library(), cpu._openmp_runtime(), torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(3)
+        for parallel in (runtime[1] if runtime else None, None):
+            lib.hs_set_openmp(parallel)
+            out, last = run(selective_scan, x, softplus, True, backend="cpu")
+            convs = causal_conv1d_bidirectional(xc, *conv_params, backend="cpu")
+            results.append([out, last, *grads(x, out, last, torch.ones_like(out), torch.ones_like(last))[1], *convs,
+                            *torch.autograd.grad(convs, [xc, *conv_params], [torch.ones_like(c) for c in convs])])
+    finally:
+        lib.hs_set_openmp(runtime[1] if runtime else None)
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs_kernel
 def test_double_backward_raises():
     x, _ = make_inputs(1, 4, 5, 16, 0, ())
     out = selective_scan(*[x[k] for k in ("u", "delta", "A", "B", "C")], backend="cpu")
