@@ -296,7 +296,7 @@ def main() -> None:
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_start": os.getloadavg(),
-        "malloc": "keep_freed_memory" if malloc else "glibc defaults",
+        "malloc": "keep_freed_memory" if malloc else "glibc defaults", "kernel_threads": cpu.threading_runtime(),
     }}
     report["scan"] = bench_scan(args.repeats, not args.no_vim_s)
     report["conv"] = bench_conv(args.repeats)

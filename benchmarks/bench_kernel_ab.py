@@ -157,6 +157,7 @@ def main() -> None:
         "results": res,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "vector_width": cpu.vector_width(), "threads": args.threads,
+                    "kernel_threads_B": cpu._state.get("threads"),
                     "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__},
     }, indent=2))
 
