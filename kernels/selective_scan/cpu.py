@@ -189,7 +189,7 @@ def _openmp_runtime() -> tuple[str, int] | None:
     paths = {ln.split(maxsplit=5)[5] for ln in maps.splitlines() if len(ln.split()) >= 6}
     found = [p for p in paths if re.match(r"lib(gomp|iomp5|omp)\b.*\.so", Path(p).name)]
     torch_lib = Path(torch.__file__).parent
-    for path in sorted(found, key=lambda p: not Path(p).is_relative_to(torch_lib)):  # torch's own first
+    for path in sorted(found, key=lambda p: (not Path(p).is_relative_to(torch_lib), p)):  # torch's own first
         try:
             return path, ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
         except (OSError, AttributeError):
