@@ -7,10 +7,10 @@ Builds ``kernels/selective_scan/cpu.cpp`` as it is in the work tree (B) and as i
 git revision, or a file path), then times the scan (forward; forward + backward), the conv and vim-proxy training
 steps with A and B in turn, repeat after repeat. On a shared machine whose speed drifts by tens of percent within
 minutes, alternating in one process is what makes a few-percent difference measurable: each ratio B / A compares
-runs seconds apart. Scan shapes: vim-proxy (64, 128, 17, N 8), mamba-proxy (8, 256, 256, N 16), a quarter batch
-of Vim-S; the conv (with its SiLU, K 4) at vim-proxy's (64, 128, 17), also as Vim's pair of directions, and at
-mamba-proxy's (8, 256, 256); ``--layout contiguous`` for (batch, dim, L) contiguous inputs instead of the mixers'
-channels-innermost views; ``--sections conv,training`` for a subset.
+runs seconds apart. Scan shapes: vim-proxy (64, 128, 17, N 8), also as Vim's pair of directions, mamba-proxy
+(8, 256, 256, N 16), a quarter batch of Vim-S; the conv (with its SiLU, K 4) at vim-proxy's (64, 128, 17), also
+as Vim's pair of directions, and at mamba-proxy's (8, 256, 256); ``--layout contiguous`` for (batch, dim, L)
+contiguous inputs instead of the mixers' channels-innermost views; ``--sections conv,training`` for a subset.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import HYBRID, paired, scan_inputs, vim_training_step  # noqa: E402
 
-from hybridsearch.kernels import causal_conv1d, causal_conv1d_bidirectional, selective_scan  # noqa: E402
+from hybridsearch.kernels import (  # noqa: E402
+    ScanDirection,
+    causal_conv1d,
+    causal_conv1d_bidirectional,
+    selective_scan,
+    selective_scan_bidirectional,
+)
 
 # the module, not the function of the same name that hybridsearch.kernels exports
 cpu = importlib.import_module("hybridsearch.kernels.selective_scan.cpu")
@@ -77,6 +83,23 @@ def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, p
     out.pop("speedup_median")  # A / B: this benchmark reports B / A
     out["B_over_A_median"] = round(out["B"]["median_ms"] / out["A"]["median_ms"], 3)
     return out
+
+
+def pair_ab(libs: dict[str, object], batch: int, dim: int, L: int, N: int, layout: str, repeats: int) -> dict:
+    """Vim's bidirectional scan (two directions' inputs, one z) forward and forward + backward, A against B."""
+    dirs = [scan_inputs(batch, dim, L, N, True, layout) for _ in range(2)]
+    z, gout = dirs[0][6], scan_inputs(batch, dim, L, N, False, layout)[6]
+    pair = [ScanDirection(*(d[i] for i in (0, 1, 2, 3, 4, 5)), delta_bias=d[7]) for d in dirs]
+    leaves = [t for d in dirs for i, t in enumerate(d) if i != 6] + [z]
+
+    def fwd() -> None:
+        with torch.no_grad():
+            selective_scan_bidirectional(*pair, z, True, backend="cpu")
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(selective_scan_bidirectional(*pair, z, True, backend="cpu"), leaves, gout)
+
+    return {"forward": alternate(libs, fwd, repeats), "forward_backward": alternate(libs, fwd_bwd, repeats)}
 
 
 def conv_ab(libs: dict[str, object], batch: int, dim: int, L: int, pair: bool, layout: str, repeats: int) -> dict:
@@ -138,6 +161,9 @@ def main() -> None:
 
         res[f"scan {label} (batch={batch}, dim={dim}, L={L}, N={N})"] = {
             "forward": alternate(libs, fwd, args.repeats), "forward_backward": alternate(libs, fwd_bwd, args.repeats)}
+        if label == "vim_proxy":  # Vim's two directions of one z, averaged (one call each way)
+            res[f"scan pair {label} (batch={batch}, dim={dim}, L={L}, N={N})"] = pair_ab(
+                libs, batch, dim, L, N, args.layout, args.repeats)
     # the mixers' conv1d + SiLU, channels innermost as the mixers pass it (or contiguous): Mamba's one direction at
     # vim-proxy's and mamba-proxy's shapes, Vim's two directions of one x (one call when the library has the pair)
     conv_shapes = ((64, 128, 17, "vim_proxy"), (8, 256, 256, "mamba_proxy")) if "conv" in sections else ()
