@@ -9,7 +9,8 @@
 // while the task walks L in chunks of `chunk` positions; every per-element step is one pass: softplus(delta +
 // bias), exp(delta A), the update, C . h, the D skip and the z gate. The partition never depends on the thread
 // count, every task writes its own outputs and partial sums, and the partials are summed afterwards in a fixed
-// order: results are bitwise identical for any number of threads. Vim's two directions run as a pair
+// order: results are bitwise identical for any number of threads, which are torch's OpenMP workers when cpu.py
+// finds its runtime (parallel_for). Vim's two directions run as a pair
 // (hs_scan_*_pair): each task's second scan right after its first, adding onto its output while it is in cache.
 //
 // Backward: the forward saves the state entering every chunk; the backward walks the chunks last to first,

@@ -13,6 +13,8 @@ package compiles nothing: ``cpu.cpp`` ships as package data.
   ``auto`` uses the reference. Asking for ``backend="cpu"`` then raises ``CpuScanUnavailable``.
 * The kernel reads every input in place through its strides (fp32, bf16 or fp16), computes in fp32 and writes
   ``out`` and the input gradients in their input's dtype and memory layout.
+* Threads: torch's thread count, run as torch's own OpenMP workers where torch runs on OpenMP (Linux; the
+  runtime's ``GOMP_parallel`` handed to the library when it loads), else threads the library starts per call.
 """
 
 from __future__ import annotations
