@@ -836,13 +836,20 @@ void conv_load_x(const ConvArgs& a, ConvScratch& s, int64_t b, int64_t d0, int n
   }
 }
 
+// A block's K tap vectors, into `regs` (KF of them, in registers) or, for a run-time K, into s.w.
+template <int KF>
+vf* conv_weights(const ConvArgs& a, const float* wt, ConvScratch& s, int64_t d0, int nc, vf* regs) {
+  vf* w = KF ? regs : s.w.data();
+  for (int64_t k = 0; k < (KF ? KF : a.K); ++k) w[k] = lanes(wt + k * a.dim, d0, nc, 1);
+  return w;
+}
+
 // The pre-activation of one block from s.xp into s.pre, or its SiLU when `act`; KF: a compile-time K, or 0.
 template <int KF>
 void conv_pre(const ConvArgs& a, const float* wt, ConvScratch& s, int64_t d0, int nc, bool act) {
   const int64_t K = KF ? KF : a.K, L = a.L;
   vf wl[KF ? KF : 1];
-  vf* w = KF ? wl : s.w.data();
-  for (int64_t k = 0; k < K; ++k) w[k] = lanes(wt + k * a.dim, d0, nc, 1);
+  vf* w = conv_weights<KF>(a, wt, s, d0, nc, wl);
   const vf bias = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
   const vf* xp = s.xp.data() + (a.reverse ? 2 * (K - 1) : 0);
   const int64_t step = a.reverse ? -1 : 1;
@@ -907,8 +914,7 @@ void conv_backward_block(const ConvArgs& a, const float* wt, ConvScratch& s, int
   if (a.dx.dtype) {
     // x[s] fed output t = s + K - 1 - k (forward) or s - (K - 1) + k (reverse) through tap k.
     vf wl[KF ? KF : 1];
-    vf* w = KF ? wl : s.w.data();
-    for (int64_t k = 0; k < K; ++k) w[k] = lanes(wt + k * a.dim, d0, nc, 1);
+    const vf* w = conv_weights<KF>(a, wt, s, d0, nc, wl);
     const vf* dq = s.dp.data() + (a.reverse ? 0 : 2 * (K - 1));
     const int64_t back = a.reverse ? 1 : -1;
     for (int64_t t = 0; t < L; ++t) {
@@ -953,10 +959,15 @@ void with_taps(int64_t K, F fn) {
     fn(std::integral_constant<int, 0>{});
 }
 
+// A pair's two convs share the task split and the scratch.
+bool same_shape(const ConvArgs& a, const ConvArgs& b) {
+  return b.batch == a.batch && b.dim == a.dim && b.L == a.L && b.K == a.K;
+}
+
 // The conv of x (a), and with b the reverse conv of the same x (Vim's pair): each task reads x once.
 int conv_forward(const ConvArgs* a, const ConvArgs* b) {
   try {
-    if (b && (b->batch != a->batch || b->dim != a->dim || b->L != a->L || b->K != a->K)) return 2;
+    if (b && !same_shape(*a, *b)) return 2;
     const std::vector<float> wa = conv_taps(*a), wb = b ? conv_taps(*b) : std::vector<float>{};
     with_taps(a->K, [&](auto kf) {
       constexpr int KF = decltype(kf)::value;
@@ -988,9 +999,9 @@ void conv_sum_partials(const ConvArgs& a, const std::vector<float>& pw, const st
 // With b (the reverse conv of a's x): x's gradient is the two directions' sum, written once to a's dx.
 int conv_backward(const ConvArgs* a, const ConvArgs* b) {
   try {
-    if (b && (b->batch != a->batch || b->dim != a->dim || b->L != a->L || b->K != a->K)) return 2;
+    if (b && !same_shape(*a, *b)) return 2;
     static thread_local std::vector<float> own[4];  // d(w), d(bias) partials per direction, reused across calls
-    std::vector<float>*P = own;                       // what the workers' lambdas capture: this thread's buffers
+    std::vector<float>* P = own;                      // what the workers' lambdas capture: this thread's buffers
     for (int i = 0; i < (b ? 2 : 1); ++i) {
       const ConvArgs& c = i ? *b : *a;
       if (c.dw) P[2 * i].resize(std::max(P[2 * i].size(), size_t(c.batch * c.dim * c.K)));

@@ -411,7 +411,7 @@ def run_kernel(name: str, *args: ctypes.Structure) -> None:
         return
     rc = getattr(lib, f"{name}_pair" if len(args) == 2 else name)(*(ctypes.byref(a) for a in args))
     if rc == 2:
-        raise ValueError(f"the two directions of a bidirectional {name[3:7]} need one shape")
+        raise ValueError(f"the two directions of a bidirectional {name.split('_')[1]} need one shape")
     if rc:
         raise RuntimeError(f"the cpu kernel {name} failed (out of memory or threads)")
 
