@@ -177,7 +177,8 @@ class MambaMixer(nn.Module):
     def _scan(self, s: ScanDirection, term: Tensor | None, z: Tensor, reverse: bool) -> Tensor:
         """The gated scan output (B, E, L) of one direction's inputs, plus its PEFT output term."""
         y = selective_scan(s.u, s.delta, s.A, s.B, s.C, s.D, z=z, delta_bias=s.delta_bias, delta_softplus=True,
-                           initial_state=s.initial_state, reverse=reverse, backend=self.scan_backend)
+                           initial_state=s.initial_state, reverse=reverse, backend=self.scan_backend,
+                           delta_proj=s.delta_proj)
         if term is not None:  # a term of the scan's output before the gate: (C_t . h_t + D u_t + term_t) silu(z_t)
             y = y + (term * F.silu(z.float())).to(y.dtype)
         return y
@@ -215,24 +216,25 @@ class MambaMixer(nn.Module):
                 x = causal_conv1d(_cat_seq(ctx, x), conv_w, conv_b, backend=backend)[..., K1:]
             pre = self._ssm_inputs(x_pre, d)
             _, h0 = selective_scan(x_pre, pre.delta, pre.A, pre.B, pre.C, delta_bias=dt_bias, delta_softplus=True,
-                                   return_last_state=True, initial_state=pre.state(h_init, 1), backend=backend)
+                                   return_last_state=True, initial_state=pre.state(h_init, 1), backend=backend,
+                                   delta_proj=pre.delta_proj)
             h0 = h0.expand(x.shape[0], -1, -1)
         s = self._ssm_inputs(x, d)
         if h0 is None:
             h0 = s.state(h_init, x.shape[0])
         term = summed(self, "scan_output", d, _Readout(s.C_base))
-        return ScanDirection(x, s.delta, s.A, s.B, s.C, D, dt_bias, h0), term
+        return ScanDirection(x, s.delta, s.A, s.B, s.C, D, dt_bias, h0, s.delta_proj), term
 
     def _ssm_inputs(self, x: Tensor, d: str) -> _SSMInputs:
-        """delta (B, E, L), A (E, N), B and C (B, N, L) from the conv output x (B, E, L); all but A are
-        transposed views of (B, L, .) tensors, which every scan backend reads (or copies) as it needs."""
+        """delta as dt (B, R, L) with dt_proj's weight (E, R), A (E, N), B and C (B, N, L) from the conv output x
+        (B, E, L); all but A are transposed views of (B, L, .) tensors, which every scan backend reads (or copies)
+        as it needs. The scan forms delta = dt_proj(dt) itself: in the cpu kernel, or ``F.linear`` as before."""
         N, R = self.d_state, self.dt_rank
         x_dbl = self._linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
         dt, B, C = x_dbl.split([R, N, N], dim=-1)
-        delta = self._linear(dt, self.eff("dt_proj.weight", d)).transpose(1, 2)  # (B, E, L)
         A = -torch.exp(self.eff("A_log", d).float())  # (E, N)
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
-        out = _SSMInputs(delta, A, B, C, C)
+        out = _SSMInputs(dt.transpose(1, 2), A, B, C, C, self.eff("dt_proj.weight", d))
         for m in self.peft.values():
             extra = m.extra_states(d, x)
             if extra is not None:
@@ -243,11 +245,12 @@ class MambaMixer(nn.Module):
 
 @dataclass
 class _SSMInputs:
-    delta: Tensor
+    delta: Tensor  # (B, R, L): dt, the input of dt_proj
     A: Tensor
     B: Tensor
     C: Tensor
     C_base: Tensor  # (B, N, L): the pretrained states' C, before any extra state columns
+    delta_proj: Tensor  # (E, R): dt_proj's weight
     extras: list[Any] = field(default_factory=list)  # the extra_states objects, in the order they were added
 
     def state(self, h: Tensor | None, batch: int) -> Tensor | None:

@@ -5,6 +5,7 @@
 
 Shapes (mamba_ssm ``selective_scan_fn``): u, delta, z: (batch, dim, L); A: (dim, N);
 B, C: (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (batch, dim, N).
+With ``delta_proj`` (dim, R), delta is low-rank (batch, R, L): the scan's delta is Mamba's dt_proj of it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from .causal_conv1d import causal_conv1d_bidirectional_cpu, causal_conv1d_cpu, causal_conv1d_reference
-from .reference import selective_scan_reference
+from .reference import dense_delta, selective_scan_reference
 
 
 def _reference() -> Callable[..., Any]:
@@ -99,6 +100,7 @@ def selective_scan(
     initial_state: Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    delta_proj: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the selective scan with the chosen backend.
 
@@ -107,11 +109,18 @@ def selective_scan(
     reference everywhere else. Returns ``out`` (batch, dim, L) in u's dtype, and with
     ``return_last_state=True`` also the fp32 last state (batch, dim, N). ``naive.naive_selective_scan`` is the
     float64 ground truth every backend is tested against (too slow to be a backend).
+
+    ``delta_proj`` (dim, R) makes ``delta`` low-rank (batch, R, L), Mamba's input of dt_proj: the ``cpu`` backend
+    forms the product in the kernel (neither the (batch, dim, L) delta nor its gradient is ever stored), every
+    other backend takes ``dense_delta(delta, delta_proj)``.
     """
     backend = resolve_backend(backend, u)
+    extra = {"delta_proj": delta_proj} if backend == "cpu" else {}
+    if backend != "cpu":
+        delta = dense_delta(delta, delta_proj)
     return _BACKENDS[backend]()(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-        return_last_state=return_last_state, initial_state=initial_state, reverse=reverse,
+        return_last_state=return_last_state, initial_state=initial_state, reverse=reverse, **extra,
     )
 
 
@@ -126,6 +135,7 @@ class ScanDirection(NamedTuple):
     D: Tensor | None = None
     delta_bias: Tensor | None = None
     initial_state: Tensor | None = None
+    delta_proj: Tensor | None = None  # delta low-rank (batch, R, L), as ``selective_scan``'s
 
 
 def selective_scan_bidirectional(fwd: ScanDirection, bwd: ScanDirection, z: Tensor | None = None,
@@ -139,7 +149,7 @@ def selective_scan_bidirectional(fwd: ScanDirection, bwd: ScanDirection, z: Tens
 
         return selective_scan_bidirectional_cpu(tuple(fwd), tuple(bwd), z, delta_softplus)
     y_f, y_b = (selective_scan(d.u, d.delta, d.A, d.B, d.C, d.D, z, d.delta_bias, delta_softplus,
-                               initial_state=d.initial_state, reverse=reverse, backend=name)
+                               initial_state=d.initial_state, reverse=reverse, backend=name, delta_proj=d.delta_proj)
                 for d, reverse in ((fwd, False), (bwd, True)))
     return (y_f + y_b) / 2
 

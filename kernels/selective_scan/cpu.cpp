@@ -6,8 +6,9 @@
 //
 // Work split: one task is (sequence b, group g, part p), where a part is up to `part` blocks of W channels of
 // the group (W = 16 with AVX-512, 8 with AVX2). A block's fp32 state tile h[N] (W channels each) stays in L1
-// while the task walks L in chunks of `chunk` positions; every per-element step is one pass: softplus(delta +
-// bias), exp(delta A), the update, C . h, the D skip and the z gate. The partition never depends on the thread
+// while the task walks L in chunks of `chunk` positions; every per-element step is one pass: delta (read, or
+// formed from a low-rank dt and dt_proj's weight), softplus(delta + bias), exp(delta A), the update, C . h, the
+// D skip and the z gate. The partition never depends on the thread
 // count, every task writes its own outputs and partial sums, and the partials are summed afterwards in a fixed
 // order: results are bitwise identical for any number of threads, which are torch's OpenMP workers when cpu.py
 // finds its runtime (parallel_for). Vim's two directions run as a pair
@@ -202,6 +203,12 @@ struct ScanArgs {
   // the backward reads scale * dout as y's gradient and adds dz to dz's contents when accumulate.
   double scale;
   int64_t accumulate;
+  // delta as the low-rank product of Mamba's dt_proj, fused: delta[d, t] = sum_r dtw[d, r] dtr[r, t] when R > 0
+  // (then `delta` and `ddelta` are unused), so the (batch, dim, L) delta and its gradient never exist in memory.
+  int64_t R;
+  TArg dtr, ddtr;      // (batch, R, L), axes as B's with the group's stride unused: s[0], -, s[2] (r), s[3] (l)
+  const float* dtw;    // fp32 contiguous (dim, R)
+  float* ddtw;         // (dim, R)
 };
 
 // The depthwise causal conv1d of the Mamba mixer, with its SiLU: out = silu(bias + sum_k w[k] x[t - K + 1 + k])
@@ -461,13 +468,15 @@ struct Geometry {
 };
 
 struct Scratch {
-  std::vector<vf> h, Av, A2v, dH, dAacc, Dv, biasv, dDacc, dbacc;
-  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, acc, hs, dAs, dBacc, dCacc;
-  std::vector<float> Bs, Cs, red;
+  std::vector<vf> h, Av, A2v, dH, dAacc, Dv, biasv, dDacc, dbacc, Wv, dWacc;
+  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, acc, hs, dAs, dBacc, dCacc, dtacc;
+  std::vector<float> Bs, Cs, dtr, red;
   void reserve(const ScanArgs& a, bool backward) {
     size_t P = size_t(a.part), N = size_t(a.N), T = size_t(a.chunk);
     for (auto* v : {&h, &Av, &A2v, &dH, &dAacc}) v->resize(P * N);
     for (auto* v : {&Dv, &biasv, &dDacc, &dbacc}) v->resize(P);
+    for (auto* v : {&Wv, &dWacc}) v->resize(P * size_t(a.R));
+    dtr.resize(T * size_t(a.R));
     for (auto* v : {&u, &dt, &dsp, &z, &dout, &y, &du, &ddl, &dz, &acc}) v->resize(T);
     Bs.resize(T * N);
     Cs.resize(T * N);
@@ -476,7 +485,8 @@ struct Scratch {
       dAs.resize(T * N);
       dBacc.resize(T * N);
       dCacc.resize(T * N);
-      red.resize(T * N);
+      dtacc.resize(T * size_t(a.R));
+      red.resize(T * std::max<size_t>(N, size_t(a.R)));
     }
   }
 };
@@ -494,11 +504,21 @@ void scale_onto(const ScanArgs& a, const TArg& dst, Scratch& s, int64_t b, int64
   }
 }
 
-// u, delta (+ bias, softplus), z of one block and chunk; dsp = d softplus / d raw when wanted.
+// u, delta (+ bias, softplus), z of one block and chunk; dsp = d softplus / d raw when wanted. A low-rank delta
+// (ScanArgs::R) from the chunk's s.dtr and the block's weight vectors Wv.
 void load_inputs(const ScanArgs& a, Scratch& s, int64_t b, int64_t d0, int nc, int64_t t0, int nt, vf bias,
-                 bool want_dsp) {
+                 const vf* Wv, bool want_dsp) {
   load_tile(a.u, b, d0, nc, t0, nt, s.u.data());
-  load_tile(a.delta, b, d0, nc, t0, nt, s.dt.data());
+  if (a.R) {
+    for (int i = 0; i < nt; ++i) {
+      const float* r_i = &s.dtr[size_t(i) * a.R];
+      vf d{};
+      for (int64_t r = 0; r < a.R; ++r) d += Wv[r] * r_i[r];
+      s.dt[i] = d;
+    }
+  } else {
+    load_tile(a.delta, b, d0, nc, t0, nt, s.dt.data());
+  }
   for (int i = 0; i < nt; ++i) {
     vf raw = s.dt[i] + bias;
     if (a.softplus) {
@@ -563,19 +583,21 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
     }
     s.Dv[j] = a.D ? lanes(a.D, d0, nc, 1) : vf{};
     s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
+    for (int64_t r = 0; r < a.R; ++r) s.Wv[j * a.R + r] = lanes(a.dtw + r, d0, nc, a.R);
   }
   for (int64_t cc = 0; cc < g_.nchunks; ++cc) {
     const int64_t ci = a.reverse ? g_.nchunks - 1 - cc : cc, t0 = ci * g_.T;
     const int nt = int(std::min(g_.T, a.L - t0));
     load_bc(a.B, b, g, N, t0, nt, s.Bs.data());
     load_bc(a.C, b, g, N, t0, nt, s.Cs.data());
+    if (a.R) load_bc(a.dtr, b, 0, int(a.R), t0, nt, s.dtr.data());
     for (int64_t j = 0; j < nb; ++j) {
       int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
       int nc = int(std::min<int64_t>(W, g_.K - kk));
       vf* h = &s.h[j * N];
       const vf* A2v = &s.A2v[j * N];
       if (a.ckpt) std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
-      load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], false);
+      load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], s.Wv.data() + j * a.R, false);
       with_shape(N, g_.cap, [&](auto nf, auto cap) {
         forward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, h, A2v, s.Dv[j], nt, N);
       });
@@ -595,7 +617,8 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
 // Scratch for the cross-task sums of the backward: written per task, summed in a fixed order afterwards.
 struct Partials {
   std::vector<float> dB, dC;  // (batch, G, nparts, T-major L x N) when nparts > 1
-  std::vector<float> dA, dD, dbias;  // (batch, dim, N), (batch, dim), (batch, dim)
+  std::vector<float> ddtr;    // (batch, G x nparts, T-major L x R) when G x nparts > 1: d(dtr) sums every channel
+  std::vector<float> dA, dD, dbias, ddtw;  // (batch, dim, N), (batch, dim), (batch, dim), (batch, dim, R)
 };
 
 // One block through one chunk of the backward: recompute the chunk's states from s.hs[0] (its checkpoint), then
@@ -689,13 +712,22 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
     s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
     s.dDacc[j] = vf{};
     s.dbacc[j] = vf{};
+    for (int64_t r = 0; r < a.R; ++r) {
+      s.Wv[j * a.R + r] = lanes(a.dtw + r, d0, nc, a.R);
+      s.dWacc[j * a.R + r] = vf{};
+    }
   }
   const bool want_bc = a.dB.dtype || a.dC.dtype;
+  const size_t nR = size_t(a.R);
   for (int64_t cc = 0; cc < g_.nchunks; ++cc) {
     const int64_t ci = a.reverse ? cc : g_.nchunks - 1 - cc, t0 = ci * g_.T;
     const int nt = int(std::min(g_.T, a.L - t0));
     load_bc(a.B, b, g, N, t0, nt, s.Bs.data());
     load_bc(a.C, b, g, N, t0, nt, s.Cs.data());
+    if (a.R) {
+      load_bc(a.dtr, b, 0, int(a.R), t0, nt, s.dtr.data());
+      std::fill(s.dtacc.begin(), s.dtacc.begin() + size_t(nt) * nR, vf{});
+    }
     if (want_bc) {
       std::fill(s.dBacc.begin(), s.dBacc.begin() + size_t(nt) * N, vf{});
       std::fill(s.dCacc.begin(), s.dCacc.begin() + size_t(nt) * N, vf{});
@@ -707,7 +739,7 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       const vf* A2v = &s.A2v[j * N];
       vf* dH = &s.dH[j * N];
       vf* dAacc = &s.dAacc[j * N];
-      load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], true);
+      load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], s.Wv.data() + j * a.R, true);
       load_tile(a.dout, b, d0, nc, t0, nt, s.dout.data());
       scale_onto(a, a.dout, s, b, d0, nc, t0, nt, s.dout.data(), true, false);
       std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
@@ -715,7 +747,21 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
         backward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
       });
       if (a.du.dtype) store_tile(a.du, b, d0, nc, t0, nt, s.du.data());
-      if (a.ddelta.dtype) store_tile(a.ddelta, b, d0, nc, t0, nt, s.ddl.data());
+      if (a.R) {  // through the low-rank product: d(dtr) over this block's channels, d(dtw) over positions
+        const vf* Wv = &s.Wv[j * nR];
+        vf* dW = &s.dWacc[j * nR];
+        for (int i = 0; i < nt; ++i) {
+          const vf g = s.ddl[i];
+          const float* r_i = &s.dtr[i * nR];
+          vf* acc = &s.dtacc[i * nR];
+          for (size_t r = 0; r < nR; ++r) {
+            acc[r] += Wv[r] * g;
+            dW[r] += g * r_i[r];
+          }
+        }
+      } else if (a.ddelta.dtype) {
+        store_tile(a.ddelta, b, d0, nc, t0, nt, s.ddl.data());
+      }
       if (a.dz.dtype) {
         scale_onto(a, a.dz, s, b, d0, nc, t0, nt, s.dz.data(), false, true);
         store_tile(a.dz, b, d0, nc, t0, nt, s.dz.data());
@@ -736,6 +782,14 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
         }
       }
     }
+    if (a.R && a.ddtr.dtype) {
+      hsums(s.dtacc.data(), int64_t(nt) * a.R, s.red.data());
+      const int64_t q = g * g_.nparts + p, nq = a.G * g_.nparts;  // this task's share of the channel sum
+      if (nq == 1)
+        store_bc(a.ddtr, b, 0, int(a.R), t0, nt, s.red.data());
+      else
+        std::memcpy(P.ddtr.data() + ((b * nq + q) * a.L + t0) * a.R, s.red.data(), sizeof(float) * nt * nR);
+    }
   }
   for (int64_t j = 0; j < nb; ++j) {
     int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
@@ -748,6 +802,8 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       }
       if (a.dD) P.dD[row] = s.dDacc[j][c];
       if (a.dbias) P.dbias[row] = s.dbacc[j][c];
+      if (a.ddtw)
+        for (int64_t r = 0; r < a.R; ++r) P.ddtw[row * a.R + r] = s.dWacc[j * a.R + r][c];
     }
   }
 }
@@ -1113,7 +1169,7 @@ void parallel_norm(const NormArgs& a, F fn) {
 
 extern "C" {
 
-int64_t hs_scan_abi_version() { return 3; }
+int64_t hs_scan_abi_version() { return 4; }
 
 int64_t hs_scan_vector_width() { return W; }  // fp32 lanes per vector in this build
 
@@ -1169,7 +1225,7 @@ namespace {
 // output it adds onto; dout and dz in the backward) are still in cache. Both must have one task split and scratch.
 bool same_split(const ScanArgs& a, const Geometry& ga, const ScanArgs& b, const Geometry& gb) {
   return ga.ntasks == gb.ntasks && ga.nparts == gb.nparts && a.N == b.N && a.chunk == b.chunk && a.part == b.part &&
-         a.batch == b.batch && a.dim == b.dim && a.L == b.L && a.G == b.G;
+         a.batch == b.batch && a.dim == b.dim && a.L == b.L && a.G == b.G && a.R == b.R;
 }
 
 int scan_forward(const ScanArgs* a, const ScanArgs* b) {
@@ -1194,6 +1250,9 @@ void reserve_partials(const ScanArgs* a, const Geometry& g, Partials& P) {
   if (a->dA) P.dA.resize(std::max(P.dA.size(), size_t(a->batch * a->dim * a->N)));
   if (a->dD) P.dD.resize(std::max(P.dD.size(), size_t(a->batch * a->dim)));
   if (a->dbias) P.dbias.resize(std::max(P.dbias.size(), size_t(a->batch * a->dim)));
+  if (a->R && a->ddtr.dtype && a->G * g.nparts > 1)
+    P.ddtr.resize(std::max(P.ddtr.size(), size_t(a->batch * a->G * g.nparts * a->L * a->R)));
+  if (a->ddtw) P.ddtw.resize(std::max(P.ddtw.size(), size_t(a->batch * a->dim * a->R)));
 }
 
 // Fixed-order sums: over parts for dB / dC, over the batch for dA, dD, d(delta_bias).
@@ -1222,6 +1281,18 @@ void sum_partials(const ScanArgs* a, const Geometry& g, const Partials& P) {
   if (a->dA) batch_sum(P.dA, a->dA, a->dim * N);
   if (a->dD) batch_sum(P.dD, a->dD, a->dim);
   if (a->dbias) batch_sum(P.dbias, a->dbias, a->dim);
+  if (a->ddtw) batch_sum(P.ddtw, a->ddtw, a->dim * a->R);
+  const int64_t nq = a->G * g.nparts, R = a->R;
+  if (R && a->ddtr.dtype && nq > 1) {
+    std::vector<float> row(size_t(L * R));
+    for (int64_t b = 0; b < a->batch; ++b) {
+      const float* q = P.ddtr.data() + b * nq * L * R;
+      std::copy(q, q + L * R, row.begin());
+      for (int64_t k = 1; k < nq; ++k)
+        for (int64_t e = 0; e < L * R; ++e) row[e] += q[k * L * R + e];
+      store_bc(a->ddtr, b, 0, int(R), 0, int(L), row.data());
+    }
+  }
 }
 
 int scan_backward(const ScanArgs* a, const ScanArgs* b) {

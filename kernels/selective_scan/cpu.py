@@ -40,7 +40,7 @@ from hybridsearch.errors import HybridSearchError
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-pthread")
-_ABI = 3  # hs_scan_abi_version() of a library this wrapper can drive
+_ABI = 4  # hs_scan_abi_version() of a library this wrapper can drive
 # Channels per task (in vector blocks of vector_width()): fewer dB / dC partial sums and horizontal sums with more,
 # enough tasks to share out with fewer. 128 (8 blocks with AVX-512, 16 with AVX2) against 64 on AVX2: vim-proxy's scan
 # forward + backward 0.98x the time, training 0.99x, mamba-proxy's and Vim-S's scan unchanged (bench_kernel_ab.py).
@@ -260,7 +260,8 @@ _POINTERS = ("A", "D", "bias", "h0", "dlast", "last", "ckpt", "dA", "dD", "dbias
 class _Args(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int64) for n in _INTS] + [(n, _TArg) for n in _TENSORS]
                 + [(n, ctypes.c_void_p) for n in _POINTERS]
-                + [("scale", ctypes.c_double), ("accumulate", ctypes.c_int64)])
+                + [("scale", ctypes.c_double), ("accumulate", ctypes.c_int64), ("R", ctypes.c_int64)]
+                + [(n, _TArg) for n in ("dtr", "ddtr")] + [(n, ctypes.c_void_p) for n in ("dtw", "ddtw")])
 
 
 class ConvArgs(ctypes.Structure):
@@ -276,6 +277,7 @@ class NormArgs(ctypes.Structure):
 
 
 _STRIDES = ctypes.c_int64 * 4
+_PER_DIRECTION = 9  # a bidirectional scan's tensors per direction: u, delta, A, B, C, D, delta_bias, h0, delta_proj
 
 
 def targ(t: Tensor | None) -> _TArg:
@@ -298,7 +300,7 @@ def _chunk(N: int) -> int:
 class _Call:
     """The shapes, the fp32 side tensors and the kernel arguments of one scan."""
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse):
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse, delta_proj=None):
         if A.is_complex():
             raise ValueError("the cpu selective scan supports only real A")
         if u.dim() != 3:
@@ -312,11 +314,15 @@ class _Call:
         G, N = B4.shape[1], B4.shape[2]
         if G == 0 or dim % G or A.shape != (dim, N):
             raise ValueError(f"A must be (dim, N) = ({dim}, {N}) and dim divisible by the {G} groups")
-        for name, t, shape in (("delta", delta, u.shape), ("z", z, u.shape), ("D", D, (dim,)),
+        R = 0 if delta_proj is None else delta_proj.shape[-1]
+        if delta_proj is not None and (delta_proj.dim() != 2 or delta_proj.shape[0] != dim):
+            raise ValueError(f"delta_proj must be (dim, R) with dim {dim}; got {tuple(delta_proj.shape)}")
+        delta_shape = (batch, R, L) if delta_proj is not None else u.shape
+        for name, t, shape in (("delta", delta, delta_shape), ("z", z, u.shape), ("D", D, (dim,)),
                                ("delta_bias", delta_bias, (dim,)), ("initial_state", initial_state, (batch, dim, N))):
             if t is not None and tuple(t.shape) != tuple(shape):
                 raise ValueError(f"{name} must be {tuple(shape)}; got {tuple(t.shape)}")
-        for t in (u, delta, A, B, C, D, z, delta_bias, initial_state):
+        for t in (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_proj):
             if t is not None and t.device.type != "cpu":
                 raise ValueError(f"the cpu selective scan needs CPU tensors; got one on {t.device}")
         self.shape = (batch, dim, L, G, N)
@@ -326,12 +332,15 @@ class _Call:
         self.D = None if D is None else D.detach().float().contiguous()
         self.bias = None if delta_bias is None else delta_bias.detach().float().contiguous()
         self.h0 = None if initial_state is None else initial_state.detach().float().contiguous()
+        self.W = None if delta_proj is None else delta_proj.detach().float().contiguous()
         self.out_dtype = u.dtype
         self.softplus, self.reverse = bool(softplus), bool(reverse)
         part = max(1, _PART_CHANNELS // vector_width())
         a = _Args(batch, dim, L, N, G, _chunk(N), part, torch.get_num_threads(), self.softplus, self.reverse)
         a.u, a.delta, a.z, a.B, a.C = (targ(t) for t in (self.u, self.delta, self.z, self.B, self.C))
         a.A, a.D, a.bias, a.h0 = (ptr(t) for t in (self.A, self.D, self.bias, self.h0))
+        if self.W is not None:  # the low-rank delta: read as B is, (batch, groups = 1, R, L)
+            a.R, a.delta, a.dtr, a.dtw = R, _TArg(), targ(self.delta.unsqueeze(1)), ptr(self.W)
         a.scale = 1.0
         self._args = a  # the inputs' part of the kernel arguments, shared by the forward and the backward
 
@@ -366,9 +375,9 @@ class _Call:
 
     def backward(self, ckpt: Tensor, needs: tuple[bool, ...], dout: Tensor | None, dlast: Tensor | None,
                  scale: float = 1.0, dz: Tensor | None = None) -> list[Tensor | None]:
-        """The input gradients (u, delta, A, B, C, D, z, delta_bias, initial_state; None where not wanted) for
-        the output's gradient ``dout`` (the scan's output times ``scale``); given ``dz``, z's gradient is added onto
-        it in place (and returned)."""
+        """The input gradients (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_proj; None where not
+        wanted) for the output's gradient ``dout`` (the scan's output times ``scale``); given ``dz``, z's gradient is
+        added onto it in place (and returned)."""
         a, grads = self.backward_args(ckpt, needs, dout, dlast, scale, dz)
         run_kernel("hs_scan_backward", a)
         return grads
@@ -382,7 +391,7 @@ class _Call:
         dout = torch.zeros((batch, dim, L)) if dout is None else readable(dout)
         dlast = None if dlast is None else dlast.detach().float().contiguous()
         du = _grad_like(self.u, needs[0])
-        ddelta = _grad_like(self.delta, needs[1])
+        ddelta = _grad_like(self.delta, needs[1])  # (batch, R, L) for a low-rank delta
         if dz is None and self.z is not None:
             dz = _grad_like(self.z, needs[6])
         dB = _grad_like(self.B_in, needs[3])
@@ -391,12 +400,17 @@ class _Call:
         dD = torch.empty(dim) if self.D is not None and needs[5] else None
         dbias = torch.empty(dim) if self.bias is not None and needs[7] else None
         dh0 = torch.empty((batch, dim, N)) if self.h0 is not None and needs[8] else None
-        a.dout, a.du, a.ddelta, a.dz = (targ(t) for t in (dout, du, ddelta, dz))
+        dW = torch.empty(self.W.shape) if self.W is not None and needs[9] else None
+        a.dout, a.du, a.dz = (targ(t) for t in (dout, du, dz))
+        if self.W is None:
+            a.ddelta = targ(ddelta)
+        else:
+            a.ddtr, a.ddtw = targ(None if ddelta is None else ddelta.unsqueeze(1)), ptr(dW)
         a.dB, a.dC = (targ(None if t is None else t.unsqueeze(1) if t.dim() == 3 else t) for t in (dB, dC))
         a.dlast, a.ckpt = ptr(dlast), ptr(ckpt)
         a.dA, a.dD, a.dbias, a.dh0 = (ptr(t) for t in (dA, dD, dbias, dh0))
-        a.keep = (dout, dlast, du, ddelta, dz, dB, dC, dA, dD, dbias, dh0)  # alive until the kernel has run
-        return a, [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0]
+        a.keep = (dout, dlast, du, ddelta, dz, dB, dC, dA, dD, dbias, dh0, dW)  # alive until the kernel has run
+        return a, [du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, dW]
 
 
 def run_kernel(name: str, *args: ctypes.Structure) -> None:
@@ -460,15 +474,15 @@ def _cast_all(grads: list[Tensor | None], dtypes: tuple[torch.dtype | None, ...]
 
 class _SelectiveScanCpu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse):
-        call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_proj, delta_softplus, reverse):
+        call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, delta_proj)
         out, last, ckpt = call.forward(save=True)
         out = _cast(out, call.out_dtype)
         ctx.set_materialize_grads(False)
         ctx.call = call  # holds detached views of the inputs and the fp32 side tensors
         ctx.ckpt = ckpt
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias,
-                                                                        initial_state))
+                                                                        initial_state, delta_proj))
         return out, last
 
     @staticmethod
@@ -479,14 +493,17 @@ class _SelectiveScanCpu(torch.autograd.Function):
 
 
 def _bidirectional_calls(z: Tensor | None, softplus: bool, tensors: tuple) -> tuple[_Call, _Call]:
-    """The two directions' calls: tensors are (u, delta, A, B, C, D, delta_bias, initial_state) of each."""
-    if len(tensors) != 16:
-        raise ValueError("each direction takes u, delta, A, B, C, D, delta_bias, initial_state")
-    f, b = tensors[:8], tensors[8:]
+    """The two directions' calls: tensors are (u, delta, A, B, C, D, delta_bias, initial_state, delta_proj) of
+    each."""
+    if len(tensors) != 2 * _PER_DIRECTION:
+        raise ValueError("each direction takes u, delta, A, B, C, D, delta_bias, initial_state, delta_proj")
+    f, b = tensors[:_PER_DIRECTION], tensors[_PER_DIRECTION:]
     if f[0].shape != b[0].shape:
         raise ValueError(f"the two directions' u must have one shape; got {tuple(f[0].shape)}, {tuple(b[0].shape)}")
-    return tuple(_Call(u, delta, A, B, C, D, z, bias, h0, softplus, reverse)  # type: ignore[return-value]
-                 for (u, delta, A, B, C, D, bias, h0), reverse in ((f, False), (b, True)))
+    if (f[8] is None) != (b[8] is None):
+        raise ValueError("the two directions' delta must both be low-rank (delta_proj) or both not")
+    return tuple(_Call(u, delta, A, B, C, D, z, bias, h0, softplus, reverse, W)  # type: ignore[return-value]
+                 for (u, delta, A, B, C, D, bias, h0, W), reverse in ((f, False), (b, True)))
 
 
 def _forward_pair(calls: tuple[_Call, _Call], save: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -499,12 +516,13 @@ def _forward_pair(calls: tuple[_Call, _Call], save: bool) -> tuple[Tensor, Tenso
 
 
 def _split_needs(needs: tuple[bool, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
-    """needs_input_grad of (z, softplus, 8 of direction f, 8 of b) as each call's (u, delta, A, B, C, D, z,
-    delta_bias, initial_state)."""
+    """needs_input_grad of (z, softplus, 9 of direction f, 9 of b) as each call's (u, delta, A, B, C, D, z,
+    delta_bias, initial_state, delta_proj)."""
     def one(n: tuple[bool, ...]) -> tuple[bool, ...]:
-        return (*n[:6], needs[0], n[6], n[7])
+        return (*n[:6], needs[0], *n[6:])
 
-    return one(needs[2:10]), one(needs[10:18])
+    k = _PER_DIRECTION
+    return one(needs[2 : 2 + k]), one(needs[2 + k : 2 + 2 * k])
 
 
 class _BidirectionalCpu(torch.autograd.Function):
@@ -519,7 +537,8 @@ class _BidirectionalCpu(torch.autograd.Function):
         ctx.calls, ctx.ckpts = calls, (ckpt_f, ckpt_b)
         dt = [None if t is None else t.dtype for t in tensors]
         zt = None if z is None else z.dtype
-        ctx.dtypes = tuple((*d[:6], zt, *d[6:]) for d in (dt[:8], dt[8:]))
+        k = _PER_DIRECTION
+        ctx.dtypes = tuple((*d[:6], zt, *d[6:]) for d in (dt[:k], dt[k:]))
         return _cast(out, calls[0].out_dtype)
 
     @staticmethod
@@ -537,7 +556,7 @@ class _BidirectionalCpu(torch.autograd.Function):
 def selective_scan_bidirectional_cpu(fwd: tuple, bwd: tuple, z: Tensor | None = None,
                                      delta_softplus: bool = False) -> Tensor:
     """(forward scan + reverse scan) / 2 with one z gate, on the fused C++ kernel: ``fwd`` and ``bwd`` are each
-    (u, delta, A, B, C, D, delta_bias, initial_state), ``bwd`` scanned in reverse. Equals the average of two
+    (u, delta, A, B, C, D, delta_bias, initial_state, delta_proj), ``bwd`` scanned in reverse. Equals the average of two
     ``selective_scan_cpu`` calls (tests), with one output buffer and one z gradient written by both."""
     library()
     tensors = (*fwd, *bwd)
@@ -562,24 +581,28 @@ def selective_scan_cpu(
     *,
     initial_state: Tensor | None = None,
     reverse: bool = False,
+    delta_proj: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with mamba_ssm ``selective_scan_fn`` semantics on the fused C++ kernel (CPU tensors).
 
     Same arguments and results as ``selective_scan_reference``: out (batch, dim, L) in u's dtype and, with
     ``return_last_state``, the fp32 last state (batch, dim, N); both differentiable, and so is
-    ``initial_state``. Raises ``CpuScanUnavailable`` when the kernel cannot be built here.
+    ``initial_state``. With ``delta_proj`` (dim, R), ``delta`` is low-rank (batch, R, L) and the scan's delta
+    their product (``dense_delta``), formed in the kernel. Raises ``CpuScanUnavailable`` when the kernel cannot be
+    built here.
     """
     library()
     if u.numel() == 0:  # nothing to scan: the reference handles the empty shapes
-        from .reference import selective_scan_reference
+        from .reference import dense_delta, selective_scan_reference
 
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                        initial_state=initial_state, reverse=reverse)
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+        return selective_scan_reference(u, dense_delta(delta, delta_proj), A, B, C, D, z, delta_bias,
+                                        delta_softplus, return_last_state, initial_state=initial_state,
+                                        reverse=reverse)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_proj)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         out, last = _SelectiveScanCpu.apply(*tensors, bool(delta_softplus), bool(reverse))
     else:
-        call = _Call(*tensors, delta_softplus, reverse)
+        call = _Call(*tensors[:9], delta_softplus, reverse, delta_proj)
         out, last, _ = call.forward(save=False)
         out = _cast(out, call.out_dtype)
     return (out, last) if return_last_state else out

@@ -294,6 +294,14 @@ class _SelectiveScanFn(torch.autograd.Function):
         )
 
 
+def dense_delta(delta: Tensor, delta_proj: Tensor | None) -> Tensor:
+    """The scan's (batch, dim, L) delta from a low-rank one: ``delta`` (batch, R, L) through Mamba's dt_proj weight
+    ``delta_proj`` (dim, R), as the mixer's ``F.linear`` computes it; ``delta`` itself when ``delta_proj`` is None."""
+    if delta_proj is None:
+        return delta
+    return F.linear(delta.transpose(1, 2), delta_proj).transpose(1, 2)
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,
@@ -326,4 +334,4 @@ def selective_scan_reference(
     return (out, last) if return_last_state else out
 
 
-__all__ = ["selective_scan_reference"]
+__all__ = ["dense_delta", "selective_scan_reference"]
