@@ -190,5 +190,5 @@ def causal_conv1d_bidirectional(x: Tensor, weight_f: Tensor, bias_f: Tensor | No
             causal_conv1d(x, weight_b, bias_b, silu, reverse=True, backend=backend))
 
 
-__all__ = ["BACKENDS", "ENV_BACKEND", "ScanDirection", "causal_conv1d", "causal_conv1d_bidirectional",
+__all__ = ["BACKENDS", "ENV_BACKEND", "ScanDirection", "causal_conv1d", "causal_conv1d_bidirectional", "dense_delta",
            "resolve_backend", "selective_scan", "selective_scan_bidirectional"]

@@ -15,6 +15,7 @@ from conftest import tiny_model
 
 from hybridsearch import apply_peft, count_config
 from hybridsearch.kernels import causal_conv1d
+from hybridsearch.kernels.selective_scan import dense_delta
 
 STATE = ("state_offset", "output_offset", "init_state")
 
@@ -32,7 +33,7 @@ def _loop(mixer: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, d: str) -> t
     if "init_state" in peft:
         n_extra = s.A.shape[1] - N  # Additional-scan's prefix columns come first
         h[:, :, n_extra:] = peft["init_state"].h0[d].double()
-    delta = F.softplus(s.delta.double() + mixer.eff("dt_proj.bias", d).double()[:, None])
+    delta = F.softplus(dense_delta(s.delta, s.delta_proj).double() + mixer.eff("dt_proj.bias", d).double()[:, None])
     A, B, C, Cb = s.A.double(), s.B.double(), s.C.double(), s.C_base.double()
     D = mixer.eff("D", d).double()
     ys = [None] * u.shape[-1]
