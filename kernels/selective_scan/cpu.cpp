@@ -8,11 +8,11 @@
 // the group (W = 16 with AVX-512, 8 with AVX2). A block's fp32 state tile h[N] (W channels each) stays in L1
 // while the task walks L in chunks of `chunk` positions; every per-element step is one pass: delta (read, or
 // formed from a low-rank dt and dt_proj's weight), softplus(delta + bias), exp(delta A), the update, C . h, the
-// D skip and the z gate. The partition never depends on the thread
-// count, every task writes its own outputs and partial sums, and the partials are summed afterwards in a fixed
-// order: results are bitwise identical for any number of threads, which are torch's OpenMP workers when cpu.py
-// finds its runtime (parallel_for). Vim's two directions run as a pair
-// (hs_scan_*_pair): each task's second scan right after its first, adding onto its output while it is in cache.
+// D skip and the z gate. The partition never depends on the thread count, every task writes its own outputs and
+// partial sums, and the partials are summed afterwards in a fixed order: results are bitwise identical for any
+// number of threads, which are torch's OpenMP workers when cpu.py finds its runtime (parallel_for). Vim's two
+// directions run as a pair (hs_scan_*_pair): each task's second scan right after its first, adding onto its
+// output while it is in cache.
 //
 // Backward: the forward saves the state entering every chunk; the backward walks the chunks last to first,
 // recomputes the chunk's states (and exp(delta A)) from that checkpoint, then runs the reverse recurrence.
@@ -1255,7 +1255,8 @@ void reserve_partials(const ScanArgs* a, const Geometry& g, Partials& P) {
   if (a->ddtw) P.ddtw.resize(std::max(P.ddtw.size(), size_t(a->batch * a->dim * a->R)));
 }
 
-// Fixed-order sums: over parts for dB / dC, over the batch for dA, dD, d(delta_bias).
+// Fixed-order sums: over parts for dB / dC, over groups and parts for d(dtr), over the batch for dA, dD,
+// d(delta_bias), d(dtw).
 void sum_partials(const ScanArgs* a, const Geometry& g, const Partials& P) {
   const int64_t N = a->N, L = a->L;
   if (g.nparts > 1) {

@@ -315,8 +315,8 @@ class _Call:
         if G == 0 or dim % G or A.shape != (dim, N):
             raise ValueError(f"A must be (dim, N) = ({dim}, {N}) and dim divisible by the {G} groups")
         R = 0 if delta_proj is None else delta_proj.shape[-1]
-        if delta_proj is not None and (delta_proj.dim() != 2 or delta_proj.shape[0] != dim):
-            raise ValueError(f"delta_proj must be (dim, R) with dim {dim}; got {tuple(delta_proj.shape)}")
+        if delta_proj is not None and (delta_proj.dim() != 2 or delta_proj.shape[0] != dim or R == 0):
+            raise ValueError(f"delta_proj must be (dim, R) with dim {dim} and R >= 1; got {tuple(delta_proj.shape)}")
         delta_shape = (batch, R, L) if delta_proj is not None else u.shape
         for name, t, shape in (("delta", delta, delta_shape), ("z", z, u.shape), ("D", D, (dim,)),
                                ("delta_bias", delta_bias, (dim,)), ("initial_state", initial_state, (batch, dim, N))):

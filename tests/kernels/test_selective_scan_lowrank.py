@@ -159,6 +159,8 @@ def test_bad_shapes_name_the_argument():
     x = inputs(2, 40, 9, 8, 4, 0)
     with pytest.raises(ValueError, match="delta_proj must be"):
         selective_scan(x["u"], x["dt"], x["A"], x["B"], x["C"], delta_proj=x["W"][:30], backend="cpu")
+    with pytest.raises(ValueError, match="delta_proj must be"):  # rank 0: nothing for the kernel to read
+        selective_scan(x["u"], x["dt"][:, :0], x["A"], x["B"], x["C"], delta_proj=x["W"][:, :0], backend="cpu")
     with pytest.raises(ValueError, match="delta must be"):
         selective_scan(x["u"], x["dt"][:, :3], x["A"], x["B"], x["C"], delta_proj=x["W"], backend="cpu")
     f = ScanDirection(x["u"], x["dt"], x["A"], x["B"], x["C"], delta_proj=x["W"])
