@@ -115,9 +115,10 @@ def selective_scan(
     other backend takes ``dense_delta(delta, delta_proj)``.
     """
     backend = resolve_backend(backend, u)
-    extra = {"delta_proj": delta_proj} if backend == "cpu" else {}
-    if backend != "cpu":
-        delta = dense_delta(delta, delta_proj)
+    if backend == "cpu":
+        extra = {"delta_proj": delta_proj}
+    else:
+        delta, extra = dense_delta(delta, delta_proj), {}
     return _BACKENDS[backend]()(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         return_last_state=return_last_state, initial_state=initial_state, reverse=reverse, **extra,
