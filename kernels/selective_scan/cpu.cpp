@@ -469,7 +469,7 @@ struct Geometry {
 
 struct Scratch {
   std::vector<vf> h, Av, A2v, dH, dAacc, Dv, biasv, dDacc, dbacc, Wv, dWacc;
-  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, acc, hs, dAs, dBacc, dCacc, dtacc;
+  std::vector<vf> u, dt, dsp, z, dout, y, du, ddl, dz, acc, yk, ddtk, sBk, hs, dAs, dBacc, dCacc, dtacc;
   std::vector<float> Bs, Cs, dtr, red;
   void reserve(const ScanArgs& a, bool backward) {
     size_t P = size_t(a.part), N = size_t(a.N), T = size_t(a.chunk);
@@ -477,7 +477,7 @@ struct Scratch {
     for (auto* v : {&Dv, &biasv, &dDacc, &dbacc}) v->resize(P);
     for (auto* v : {&Wv, &dWacc}) v->resize(P * size_t(a.R));
     dtr.resize(T * size_t(a.R));
-    for (auto* v : {&u, &dt, &dsp, &z, &dout, &y, &du, &ddl, &dz, &acc}) v->resize(T);
+    for (auto* v : {&u, &dt, &dsp, &z, &dout, &y, &du, &ddl, &dz, &acc, &yk, &ddtk, &sBk}) v->resize(T);
     Bs.resize(T * N);
     Cs.resize(T * N);
     if (backward) {
@@ -543,31 +543,50 @@ void with_shape(int N, bool cap, F fn) {
   }
 }
 
+// States per register group of the steps (GS): the loops keep a group's state (and, backward, its carried gradient
+// and dA sums) in registers and walk the chunk once per group, carrying the per-position sums (C . h; the backward's
+// d(delta) and B . dh) in scratch between groups, in the same order of additions. With 16 vector registers (AVX2)
+// all N = 16 states and their gradients cannot stay in registers and the compiler spills them every step; with 32
+// (AVX-512) they can, and one group is all N.
+#if defined(__AVX512F__)
+constexpr int GS = 16;
+#else
+constexpr int GS = 8;
+#endif
+constexpr int group_of(int NF) { return NF && NF > GS && NF % GS == 0 ? GS : NF; }
+
 // The steps of one block through one chunk, in scan order: out = (C . h + D u) * silu(z) into s.y.
 template <int NF, bool Cap>
 void forward_steps(const ScanArgs& a, Scratch& s, vf* h, const vf* A2v, vf Dv, int nt, int n_dyn) {
   const int N = NF ? NF : n_dyn;
-  vf hl[NF ? NF : 1];
-  vf* hr = NF ? hl : h;
-  if (NF)
-    for (int n = 0; n < N; ++n) hl[n] = h[n];
-  for (int k = 0; k < nt; ++k) {
-    const int i = a.reverse ? nt - 1 - k : k;
-    const vf dt = s.dt[i], du = dt * s.u[i];
-    const float *Bi = &s.Bs[i * N], *Ci = &s.Cs[i * N];
-    vf y{};
+  constexpr int G = group_of(NF);
+  const int ng = G ? G : N;
+  vf hl[G ? G : 1];
+  vf* hr = G ? hl : h;  // a run-time N: one group, its state in memory
+  for (int n0 = 0; n0 < N; n0 += ng) {
+    if (G)
+      for (int n = 0; n < ng; ++n) hl[n] = h[n0 + n];
+    for (int k = 0; k < nt; ++k) {
+      const int i = a.reverse ? nt - 1 - k : k;
+      const vf dt = s.dt[i], du = dt * s.u[i];
+      const float *Bi = &s.Bs[i * N + n0], *Ci = &s.Cs[i * N + n0];
+      vf y = n0 ? s.y[i] : vf{};
 #pragma GCC unroll 16
-    for (int n = 0; n < N; ++n) {
-      vf hn = vexp2<Cap>(dt * A2v[n]) * hr[n] + du * Bi[n];
-      hr[n] = hn;
-      y += hn * Ci[n];
+      for (int n = 0; n < ng; ++n) {
+        vf hn = vexp2<Cap>(dt * A2v[n0 + n]) * hr[n] + du * Bi[n];
+        hr[n] = hn;
+        y += hn * Ci[n];
+      }
+      s.y[i] = y;
     }
-    y += Dv * s.u[i];
+    if (G)
+      for (int n = 0; n < ng; ++n) h[n0 + n] = hl[n];
+  }
+  for (int i = 0; i < nt; ++i) {
+    vf y = s.y[i] + Dv * s.u[i];
     if (a.z.dtype) y *= s.z[i] * vsigmoid(s.z[i]);
     s.y[i] = y;
   }
-  if (NF)
-    for (int n = 0; n < N; ++n) h[n] = hl[n];
 }
 
 void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& s) {
@@ -622,77 +641,94 @@ struct Partials {
 };
 
 // One block through one chunk of the backward: recompute the chunk's states from s.hs[0] (its checkpoint), then
-// the reverse recurrence; writes s.du, s.ddl, s.dz, accumulates dB / dC (s.dBacc, s.dCacc), dA, dD, d(bias).
+// the reverse recurrence; writes s.du, s.ddl, s.dz, accumulates dB / dC (s.dBacc, s.dCacc), dA, dD, d(bias). One
+// walk of the chunk per state group (group_of), the per-position sums carried in s.yk, s.ddtk, s.sBk.
 template <int NF, bool Cap>
 void backward_steps(const ScanArgs& a, Scratch& s, const vf* Av, const vf* A2v, vf* dH, vf* dAacc, int64_t j,
                     int nt, int n_dyn, bool want_bc) {
   const int N = NF ? NF : n_dyn;
-  vf dHl[NF ? NF : 1], dAl[NF ? NF : 1];
-  vf* dHr = NF ? dHl : dH;
-  vf* dAr = NF ? dAl : dAacc;
-  if (NF)
-    for (int n = 0; n < N; ++n) dHl[n] = dH[n], dAl[n] = dAacc[n];
-  // Recompute in scan order k: hs[k + 1] = h after step k, dAs[k] = exp(delta A) of step k.
+  constexpr int G = group_of(NF);
+  const int ng = G ? G : N;
   vf* hs = s.hs.data();
   vf* dAs = s.dAs.data();
+  // Recompute in scan order k: hs[k + 1] = h after step k, dAs[k] = exp(delta A) of step k, yk[k] = C . h.
+  for (int n0 = 0; n0 < N; n0 += ng) {
+    for (int k = 0; k < nt; ++k) {
+      const int i = a.reverse ? nt - 1 - k : k;
+      const vf dt = s.dt[i], du = dt * s.u[i];
+      const float *Bi = &s.Bs[i * N + n0], *Ci = &s.Cs[i * N + n0];
+      const vf* hp = hs + k * N + n0;
+      vf* hn = hs + (k + 1) * N + n0;
+      vf* ea = dAs + k * N + n0;
+      vf y = n0 ? s.yk[k] : vf{};
+#pragma GCC unroll 16
+      for (int n = 0; n < ng; ++n) {
+        vf e = vexp2<Cap>(dt * A2v[n0 + n]);
+        vf h = e * hp[n] + du * Bi[n];
+        ea[n] = e;
+        hn[n] = h;
+        y += h * Ci[n];
+      }
+      s.yk[k] = y;
+    }
+  }
+  // output side: out = (y + D u) * silu(z)
   for (int k = 0; k < nt; ++k) {
     const int i = a.reverse ? nt - 1 - k : k;
-    const vf dt = s.dt[i], du = dt * s.u[i];
-    const float *Bi = &s.Bs[i * N], *Ci = &s.Cs[i * N];
-    const vf* hp = hs + k * N;
-    vf* hn = hs + (k + 1) * N;
-    vf* ea = dAs + k * N;
-    vf y{};
-#pragma GCC unroll 16
-    for (int n = 0; n < N; ++n) {
-      vf e = vexp2<Cap>(dt * A2v[n]);
-      vf h = e * hp[n] + du * Bi[n];
-      ea[n] = e;
-      hn[n] = h;
-      y += h * Ci[n];
-    }
-    // output side: out = (y + D u) * silu(z)
     vf dy = s.dout[i];
     if (a.z.dtype) {
       vf zz = s.z[i], sig = vsigmoid(zz);
-      s.dz[i] = dy * (y + s.Dv[j] * s.u[i]) * sig * (1.0f + zz * (1.0f - sig));
+      s.dz[i] = dy * (s.yk[k] + s.Dv[j] * s.u[i]) * sig * (1.0f + zz * (1.0f - sig));
       dy *= zz * sig;
     }
     s.y[i] = dy;  // from here on y holds dL/dy
     s.dDacc[j] += dy * s.u[i];
   }
   // Reverse recurrence: dh_k = C_k dy_k + exp(delta_{k+1} A) dh_{k+1}.
+  vf dHl[G ? G : 1], dAl[G ? G : 1];
+  for (int n0 = 0; n0 < N; n0 += ng) {
+    vf* dHr = G ? dHl : dH;
+    vf* dAr = G ? dAl : dAacc;
+    if (G)
+      for (int n = 0; n < ng; ++n) dHl[n] = dH[n0 + n], dAl[n] = dAacc[n0 + n];
+    for (int k = nt - 1; k >= 0; --k) {
+      const int i = a.reverse ? nt - 1 - k : k;
+      const vf dt = s.dt[i], dy = s.y[i], du = dt * s.u[i];
+      const float *Bi = &s.Bs[i * N + n0], *Ci = &s.Cs[i * N + n0];
+      const vf* hp = hs + k * N + n0;
+      const vf* hn = hs + (k + 1) * N + n0;
+      const vf* ea = dAs + k * N + n0;
+      vf* dBa = &s.dBacc[size_t(i) * N + n0];
+      vf* dCa = &s.dCacc[size_t(i) * N + n0];
+      vf ddt = n0 ? s.ddtk[k] : vf{}, sB = n0 ? s.sBk[k] : vf{};
+#pragma GCC unroll 16
+      for (int n = 0; n < ng; ++n) {
+        vf dh = dHr[n] + dy * Ci[n];
+        if (want_bc) {
+          dCa[n] += dy * hn[n];
+          dBa[n] += dh * du;
+        }
+        vf q = dh * ea[n] * hp[n];  // dL / d(delta A)
+        ddt += q * Av[n0 + n];
+        sB += dh * Bi[n];
+        dAr[n] += q * dt;
+        dHr[n] = ea[n] * dh;
+      }
+      s.ddtk[k] = ddt;
+      s.sBk[k] = sB;
+    }
+    if (G)
+      for (int n = 0; n < ng; ++n) dH[n0 + n] = dHl[n], dAacc[n0 + n] = dAl[n];
+  }
   for (int k = nt - 1; k >= 0; --k) {
     const int i = a.reverse ? nt - 1 - k : k;
-    const vf dt = s.dt[i], u = s.u[i], dy = s.y[i], du = dt * u;
-    const float *Bi = &s.Bs[i * N], *Ci = &s.Cs[i * N];
-    const vf* hp = hs + k * N;
-    const vf* hn = hs + (k + 1) * N;
-    const vf* ea = dAs + k * N;
-    vf* dBa = &s.dBacc[size_t(i) * N];
-    vf* dCa = &s.dCacc[size_t(i) * N];
-    vf ddt{}, sB{};
-#pragma GCC unroll 16
-    for (int n = 0; n < N; ++n) {
-      vf dh = dHr[n] + dy * Ci[n];
-      if (want_bc) {
-        dCa[n] += dy * hn[n];
-        dBa[n] += dh * du;
-      }
-      vf q = dh * ea[n] * hp[n];  // dL / d(delta A)
-      ddt += q * Av[n];
-      sB += dh * Bi[n];
-      dAr[n] += q * dt;
-      dHr[n] = ea[n] * dh;
-    }
-    ddt += sB * u;
+    const vf dt = s.dt[i], u = s.u[i], sB = s.sBk[k];
+    vf ddt = s.ddtk[k] + sB * u;
     if (a.softplus) ddt *= s.dsp[i];
     s.ddl[i] = ddt;
-    s.du[i] = sB * dt + dy * s.Dv[j];
+    s.du[i] = sB * dt + s.y[i] * s.Dv[j];
     s.dbacc[j] += ddt;
   }
-  if (NF)
-    for (int n = 0; n < N; ++n) dH[n] = dHl[n], dAacc[n] = dAl[n];
 }
 
 void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& s, Partials& P) {
