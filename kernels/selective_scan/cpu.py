@@ -292,9 +292,10 @@ def ptr(t: Tensor | None) -> int | None:
 
 
 def _chunk(N: int) -> int:
-    """Positions per checkpoint chunk: the backward's per-chunk buffers (about 4 x chunk x N vectors of W fp32) stay
-    in L2."""
-    return min(128, max(8, 512 // max(N, 1)))
+    """Positions per checkpoint chunk: the backward's per-chunk buffers (about 4 x chunk x N vectors of W fp32,
+    128 KiB) stay in L2. At N 16 on AVX2 (W 8): 64 positions against 32, the scan's forward 0.93-0.96x the time and
+    forward + backward 0.97x; 128 is slower again (benchmarks/RESULTS.md)."""
+    return min(128, max(8, 8192 // (max(N, 1) * vector_width())))
 
 
 class _Call:

@@ -5,9 +5,9 @@ use this as their reference): channel d = h * P + p scans x[..., h, p] with delt
 for every state, B / C of group h // (H / G) (= d // (H * P / G), the kernel's grouping) and D[h]. So the
 Mamba-1 kernel runs SSD exactly, with its fused softplus(dt + bias), initial and final state and every gradient,
 reading x, B and C in place. Its cost is the sequential scan's, L * H * P * N updates with one exp each (SSD
-needs one per head), and its backward saves one state every 512 / N positions: at N = 128 that is 32 values per
-input element. ``auto`` picks it on a CPU only where it measured faster than the chunked reference (see
-``__init__``).
+needs one per head), and its backward saves one state every 8192 / (N x vector width) positions, at least 8: at
+N = 128 that is 16 values per input element. ``auto`` picks it on a CPU only where it measured faster than the
+chunked reference (see ``__init__``).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ LAYOUTS = [pytest.param(0, id="G1-3d"), pytest.param(2, id="G2-4d")]
 DIRS = [pytest.param(False, id="fwd"), pytest.param(True, id="rev")]
 
 
-# L 33 and 130 span several checkpoint chunks for every N (chunk = 512 // N positions, at most 128).
+# L 130 spans several checkpoint chunks for every N (chunk = 8192 // (N x vector width) positions, at most 128).
 @needs_kernel
 @pytest.mark.parametrize("reverse", DIRS)
 @pytest.mark.parametrize("opts", [pytest.param((), id="plain"), pytest.param(OPTS, id="all")])
