@@ -461,9 +461,12 @@ struct Geometry {
     nchunks = (a.L + T - 1) / T;
     ntasks = a.batch * a.G * nparts;
   }
-  // checkpoint of block `blk` (of group g, sequence b) entering chunk ci: N vectors
+  // The state entering chunk ci is checkpointed unless the scan enters it first (then it is the initial state, or
+  // zero): slot = the chunk's place in scan order - 1, or -1.
+  int64_t ckpt_slot(const ScanArgs& a, int64_t ci) const { return (a.reverse ? nchunks - 1 - ci : ci) - 1; }
+  // checkpoint of block `blk` (of group g, sequence b) entering chunk ci (slot >= 0): N vectors
   int64_t ckpt_off(const ScanArgs& a, int64_t b, int64_t g, int64_t blk, int64_t ci) const {
-    return ((((b * a.G + g) * nblk + blk) * nchunks + ci) * a.N) * W;
+    return ((((b * a.G + g) * nblk + blk) * (nchunks - 1) + ckpt_slot(a, ci)) * a.N) * W;
   }
 };
 
@@ -615,7 +618,7 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
       int nc = int(std::min<int64_t>(W, g_.K - kk));
       vf* h = &s.h[j * N];
       const vf* A2v = &s.A2v[j * N];
-      if (a.ckpt) std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
+      if (a.ckpt && cc) std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
       load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], s.Wv.data() + j * a.R, false);
       with_shape(N, g_.cap, [&](auto nf, auto cap) {
         forward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, h, A2v, s.Dv[j], nt, N);
@@ -778,7 +781,10 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], s.Wv.data() + j * a.R, true);
       load_tile(a.dout, b, d0, nc, t0, nt, s.dout.data());
       scale_onto(a, a.dout, s, b, d0, nc, t0, nt, s.dout.data(), true, false);
-      std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
+      if (g_.ckpt_slot(a, ci) >= 0)
+        std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
+      else  // the forward entered this chunk first: the initial state
+        for (int n = 0; n < N; ++n) s.hs[n] = a.h0 ? lanes(a.h0 + b * a.dim * N + n, d0, nc, N) : vf{};
       with_shape(N, g_.cap, [&](auto nf, auto cap) {
         backward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
       });
@@ -1250,7 +1256,7 @@ int hs_norm_backward(const NormArgs* a) {
 
 int64_t hs_scan_ckpt_size(const ScanArgs* a) {
   Geometry g(*a);
-  return a->batch * a->G * g.nblk * g.nchunks * a->N * W;
+  return a->batch * a->G * g.nblk * (g.nchunks - 1) * a->N * W;  // none for the chunk entered first
 }
 
 }  // extern "C"

@@ -138,6 +138,20 @@ def test_matches_float64(N, L, groups, opts, reverse):
 
 @needs_kernel
 @pytest.mark.parametrize("reverse", DIRS)
+def test_checkpoints_skip_the_chunk_scanned_first(reverse):
+    """The state entering the chunk a scan reaches first is the initial state: the forward saves one checkpoint per
+    later chunk (none for a single chunk), and the backward starts that chunk from initial_state (all gradients)."""
+    N, dim, chunk, W = 16, 40, cpu._chunk(16), cpu.vector_width()
+    for L, saved in ((chunk, 0), (2 * chunk + 1, 2)):
+        x, softplus = make_inputs(2, dim, L, N, 0, OPTS)
+        call = cpu._Call(*(x[k] for k in NAMES), softplus, reverse)
+        _, _, ckpt = call.forward(save=True)
+        assert ckpt.numel() == 2 * -(-dim // W) * saved * N * W
+        check(L, N, 0, OPTS, reverse)
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", DIRS)
 @pytest.mark.parametrize("opt", OPTS)
 def test_single_option(opt, reverse):
     check(9, 16, 2, (opt,), reverse)
