@@ -10,7 +10,9 @@ minutes, alternating in one process is what makes a few-percent difference measu
 runs seconds apart. Scan shapes: vim-proxy (64, 128, 17, N 8), also as Vim's pair of directions, mamba-proxy
 (8, 256, 256, N 16), a quarter batch of Vim-S; the conv (with its SiLU, K 4) at vim-proxy's (64, 128, 17), also
 as Vim's pair of directions, and at mamba-proxy's (8, 256, 256); ``--layout contiguous`` for (batch, dim, L)
-contiguous inputs instead of the mixers' channels-innermost views; ``--sections conv,training`` for a subset.
+contiguous inputs instead of the mixers' channels-innermost views; ``--sections conv,training`` for a subset;
+``--a-part-channels`` and ``--a-chunk`` give the A side another work split or checkpoint chunk (same source: compares
+those settings alone).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def build(source: Path) -> object:
 
 
 PART_CHANNELS = {"A": cpu._PART_CHANNELS, "B": cpu._PART_CHANNELS}  # channels per task of each side
+CHUNK = {"A": cpu._chunk, "B": cpu._chunk}  # checkpoint chunk of each side, positions for a state size N
 
 
 def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, per_repeat: int = 1) -> dict:
@@ -75,6 +78,7 @@ def alternate(libs: dict[str, object], fn: Callable[[], object], repeats: int, p
         def run() -> object:
             cpu._state["lib"] = lib  # the library the cpu backend calls
             cpu._PART_CHANNELS = PART_CHANNELS[name]
+            cpu._chunk = CHUNK[name]
             return fn()
 
         return run
@@ -136,6 +140,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=4, help="vim-proxy steps per timed repeat")
     ap.add_argument("--a-part-channels", type=int, default=cpu._PART_CHANNELS,
                     help="channels per task on the A side (the work tree's value on B): compares the work split")
+    ap.add_argument("--a-chunk", type=int, default=0,
+                    help="checkpoint chunk in positions on the A side for every N (default: the work tree's rule)")
     ap.add_argument("--layout", choices=("model", "contiguous"), default="model",
                     help="the scan's and the conv's inputs: channels innermost as the mixers pass them, or "
                          "(batch, dim, L) contiguous")
@@ -144,6 +150,8 @@ def main() -> None:
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     PART_CHANNELS["A"] = args.a_part_channels
+    if args.a_chunk:
+        CHUNK["A"] = lambda N: args.a_chunk
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         libs = {"A": build(source_at(args.against, Path(tmp))), "B": build(SOURCE)}
