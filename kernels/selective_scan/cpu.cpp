@@ -533,6 +533,11 @@ void load_inputs(const ScanArgs& a, Scratch& s, int64_t b, int64_t d0, int nc, i
   if (a.z.dtype) load_tile(a.z, b, d0, nc, t0, nt, s.z.data());
 }
 
+// State n of the block's channels before the scan: initial_state's lanes, or zero.
+inline vf initial_state(const ScanArgs& a, int64_t b, int64_t d0, int nc, int n) {
+  return a.h0 ? lanes(a.h0 + b * a.dim * a.N + n, d0, nc, a.N) : vf{};
+}
+
 // fn(std::integral_constant<int, NF>, std::bool_constant<Cap>): N compiled in for the common sizes of Mamba and
 // Vim (8, 16; NF = 0 for any other N), which keeps the state and the carried gradient in registers, and the decay's
 // upper clamp (Geometry::cap).
@@ -602,7 +607,7 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
     int nc = int(std::min<int64_t>(W, g_.K - kk));
     for (int n = 0; n < N; ++n) {
       s.A2v[j * N + n] = lanes(a.A + n, d0, nc, N) * LOG2E;
-      s.h[j * N + n] = a.h0 ? lanes(a.h0 + b * a.dim * N + n, d0, nc, N) : vf{};
+      s.h[j * N + n] = initial_state(a, b, d0, nc, n);
     }
     s.Dv[j] = a.D ? lanes(a.D, d0, nc, 1) : vf{};
     s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
@@ -619,7 +624,8 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
       int nc = int(std::min<int64_t>(W, g_.K - kk));
       vf* h = &s.h[j * N];
       const vf* A2v = &s.A2v[j * N];
-      if (a.ckpt && cc) std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
+      if (a.ckpt && g_.ckpt_slot(a, ci) >= 0)
+        std::memcpy(a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), h, sizeof(vf) * N);
       load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], s.Wv.data() + j * a.R, false);
       with_shape(N, g_.cap, [&](auto nf, auto cap) {
         forward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, h, A2v, s.Dv[j], nt, N);
@@ -690,9 +696,9 @@ void backward_steps(const ScanArgs& a, Scratch& s, const vf* Av, const vf* A2v, 
   }
   // Reverse recurrence: dh_k = C_k dy_k + exp(delta_{k+1} A) dh_{k+1}.
   vf dHl[G ? G : 1], dAl[G ? G : 1];
+  vf* dHr = G ? dHl : dH;  // a run-time N: one group, walked in memory
+  vf* dAr = G ? dAl : dAacc;
   for (int n0 = 0; n0 < N; n0 += ng) {
-    vf* dHr = G ? dHl : dH;
-    vf* dAr = G ? dAl : dAacc;
     if (G)
       for (int n = 0; n < ng; ++n) dHl[n] = dH[n0 + n], dAl[n] = dAacc[n0 + n];
     for (int k = nt - 1; k >= 0; --k) {
@@ -785,7 +791,7 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       if (g_.ckpt_slot(a, ci) >= 0)
         std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
       else  // the forward entered this chunk first: the initial state
-        for (int n = 0; n < N; ++n) s.hs[n] = a.h0 ? lanes(a.h0 + b * a.dim * N + n, d0, nc, N) : vf{};
+        for (int n = 0; n < N; ++n) s.hs[n] = initial_state(a, b, d0, nc, n);
       with_shape(N, g_.cap, [&](auto nf, auto cap) {
         backward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
       });
