@@ -17,6 +17,7 @@ from .selective_scan import (
     selective_scan,
     selective_scan_bidirectional,
 )
+from .split import split_channels
 
 __all__ = ["BACKENDS", "ScanDirection", "causal_conv1d", "causal_conv1d_bidirectional", "linear", "resolve_backend",
-           "rms_norm", "selective_scan", "selective_scan_bidirectional"]
+           "rms_norm", "selective_scan", "selective_scan_bidirectional", "split_channels"]

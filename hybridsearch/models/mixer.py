@@ -23,6 +23,7 @@ from ..kernels import (
     resolve_backend,
     selective_scan,
     selective_scan_bidirectional,
+    split_channels,
 )
 from .hooks import AffixHook, Part, add_branches, effective, summed
 
@@ -126,9 +127,9 @@ class MambaMixer(nn.Module):
             h, keep = affix.insert_outer(h)
         w_in = effective(self, "in_proj.weight", self.in_proj.weight)
         xz = add_branches(self, "in_proj", h, self._linear(h, w_in))  # (B, L', 2E)
-        # x and z as channels-innermost (B, E, L') views: the fused CPU kernels read them in place and the
-        # split's backward is one concatenation (slices would cost a zero fill and a copy each).
-        x, z = (t.transpose(1, 2) for t in xz.split(self.d_inner, dim=-1))
+        # x and z as channels-innermost (B, E, L') views: the fused CPU kernels read them in place and write their
+        # gradients into one buffer, which the split's backward returns as xz's (kernels.split).
+        x, z = split_channels(xz, [self.d_inner, self.d_inner])
         ys: dict[str, Tensor] = {}
         plain: dict[str, tuple[ScanDirection, Tensor | None]] = {}  # direction -> its scan's inputs, output term
         affixes = {}  # direction -> (inner tokens, prefix tokens)
@@ -231,10 +232,9 @@ class MambaMixer(nn.Module):
         as it needs. The scan forms delta = dt_proj(dt) itself: in the cpu kernel, or ``F.linear`` as before."""
         N, R = self.d_state, self.dt_rank
         x_dbl = self._linear(x.transpose(1, 2), self.eff("x_proj.weight", d))  # (B, L, R + 2N)
-        dt, B, C = x_dbl.split([R, N, N], dim=-1)
+        dt, B, C = split_channels(x_dbl, [R, N, N])  # (B, R, L), (B, N, L), (B, N, L)
         A = -torch.exp(self.eff("A_log", d).float())  # (E, N)
-        B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
-        out = _SSMInputs(dt.transpose(1, 2), A, B, C, C, self.eff("dt_proj.weight", d))
+        out = _SSMInputs(dt, A, B, C, C, self.eff("dt_proj.weight", d))
         for m in self.peft.values():
             extra = m.extra_states(d, x)
             if extra is not None:

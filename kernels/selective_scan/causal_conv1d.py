@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .cpu import ConvArgs, empty_like_layout, ptr, readable, run_kernel, targ
+from .cpu import ConvArgs, empty_like_layout, grad_like, ptr, readable, run_kernel, targ
 
 
 def causal_conv1d_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
@@ -62,7 +62,7 @@ def _backward_args(xr: Tensor, w: Tensor, b: Tensor | None, silu: bool, reverse:
     dout = readable(dout)
     accumulate = dx is not None
     if dx is None and needs[0]:
-        dx = empty_like_layout(xr)
+        dx = grad_like(xr)
     dw = torch.empty(w.shape) if needs[1] else None
     db = torch.empty(w.shape[0]) if b is not None and needs[2] else None
     a = _args(xr, w, b, silu, reverse)

@@ -38,6 +38,8 @@ from torch.autograd.function import once_differentiable
 
 from hybridsearch.errors import HybridSearchError
 
+from ..split import row_slice_grad
+
 SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-pthread")
 _ABI = 4  # hs_scan_abi_version() of a library this wrapper can drive
@@ -465,8 +467,15 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def grad_like(t: Tensor) -> Tensor:
+    """An uninitialised gradient for ``t``: a slice of the shared buffer when ``t`` is a column slice of a
+    projection (``split.row_slice_grad``), else ``empty_like_layout``."""
+    g = row_slice_grad(t)
+    return empty_like_layout(t) if g is None else g
+
+
 def _grad_like(t: Tensor, want: bool) -> Tensor | None:
-    return empty_like_layout(t) if want else None
+    return grad_like(t) if want else None
 
 
 def _cast_all(grads: list[Tensor | None], dtypes: tuple[torch.dtype | None, ...]) -> list[Tensor | None]:
@@ -610,5 +619,5 @@ def selective_scan_cpu(
 
 
 __all__ = ["ConvArgs", "CpuScanUnavailable", "NormArgs", "ScanBackendWarning", "available", "cache_dir",
-           "empty_like_layout", "library", "ptr", "readable", "selective_scan_bidirectional_cpu", "selective_scan_cpu",
-           "targ", "vector_width"]
+           "empty_like_layout", "grad_like", "library", "ptr", "readable", "selective_scan_bidirectional_cpu",
+           "selective_scan_cpu", "targ", "vector_width"]
