@@ -25,11 +25,10 @@ _MAX_OPEN = 4  # rows whose other slices have not asked yet; the oldest is forgo
 
 def _row_slice(t: Tensor) -> tuple[int, int] | None:
     """(column, row width W) when ``t`` (batch, C, L) is columns [column, column + C) of (batch, L, W) rows, W > C."""
-    if t.dim() != 3 or t.device.type != "cpu" or t.stride(1) != 1:
+    if t.dim() != 3 or not t.is_cpu:
         return None
-    batch, c, length = t.shape
-    width = t.stride(2)
-    if width <= c or t.stride(0) != length * width or batch * c * length == 0:
+    (batch, c, length), (s0, s1, width) = t.shape, t.stride()  # one call each: this runs for every gradient
+    if s1 != 1 or width <= c or s0 != length * width or batch * c * length == 0:
         return None
     col = t.storage_offset() % width
     return (col, width) if col + c <= width else None
