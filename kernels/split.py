@@ -71,12 +71,16 @@ def _joined(grads: tuple[Tensor | None, ...], sizes: list[int], width: int) -> T
     return first.as_strided((batch, length, width), (length * width, width, 1), offset)
 
 
+def _views(t: Tensor, sizes: list[int]) -> tuple[Tensor, ...]:
+    return tuple(p.transpose(1, 2) for p in t.split(sizes, dim=-1))
+
+
 class _SplitChannels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: Tensor, sizes: list[int]) -> tuple[Tensor, ...]:
         ctx.sizes, ctx.shape, ctx.dtype = sizes, t.shape, t.dtype
         ctx.set_materialize_grads(False)
-        return tuple(p.transpose(1, 2) for p in t.split(sizes, dim=-1))
+        return _views(t, sizes)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, None]:
@@ -91,13 +95,13 @@ class _SplitChannels(torch.autograd.Function):
 
 
 def split_channels(t: Tensor, sizes: list[int]) -> tuple[Tensor, ...]:
-    """``t`` (batch, L, W) split along its last axis into channels-innermost (batch, C_i, L) views, as
-    ``(p.transpose(1, 2) for p in t.split(sizes, -1))``; its backward reuses the gradients' shared buffer."""
+    """``t`` (batch, L, W) split along its last axis into channels-innermost (batch, C_i, L) views (torch's split,
+    each part transposed); its backward reuses the gradients' shared buffer."""
     if t.dim() != 3 or sum(sizes) != t.shape[-1]:
         raise ValueError(f"split_channels: sizes {sizes} must add up to the last axis of a 3-d tensor; "
                          f"got {tuple(t.shape)}")
     if t.device.type != "cpu" or not (torch.is_grad_enabled() and t.requires_grad):
-        return tuple(p.transpose(1, 2) for p in t.split(sizes, dim=-1))
+        return _views(t, sizes)
     return _SplitChannels.apply(t, list(sizes))
 
 
