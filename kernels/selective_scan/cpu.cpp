@@ -700,7 +700,7 @@ void backward_steps(const ScanArgs& a, Scratch& s, const vf* Av, const vf* A2v, 
   }
   // output side: out = (y + D u) * silu(z). The sums over positions (dD here, d(bias) below) are carried in
   // registers: through s (which the compiler must assume the other stores alias) each step waited on the last
-  // one's store (measured: 6 % of vim-proxy's backward).
+  // one's store (a profile of vim-proxy's backward had d(bias)'s store at 4.5 % of its samples).
   const vf Dv = s.Dv[j];
   vf dDsum = s.dDacc[j];
   for (int k = 0; k < nt; ++k) {
