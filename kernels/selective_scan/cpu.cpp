@@ -66,12 +66,17 @@ inline vf vabs(vf a) { return (vf)((vi)a & 0x7fffffff); }
 // hottest function (once per state and step, forward and backward). y = k + f, |f| <= 1/2; 2^f by a degree-5
 // minimax polynomial (relative error 1e-7, 2.5 ulp) in four fused steps; 2^k is added to the exponent bits of that
 // result, straight from the bits of y + 1.5 * 2^23, whose low mantissa bits hold k (no float-to-int conversion, no
-// multiply: measured 0.94-0.95x the time of mamba-proxy's scan). y is clamped below at -126, so every result is a
-// normal number (below 2^-126 it is 2^-126, about 1e-38, where exp would give 0 or a subnormal), and above at 127
-// only when delta A can be positive (Cap: a positive A, or delta without softplus; Mamba's A = -exp(A_log) is not).
-template <bool Cap>
+// multiply: measured 0.94-0.95x the time of mamba-proxy's scan). Clamp: what y needs for the exponent bits to be
+// right. `floor`: y is clamped below at -126, so every result is a normal number (below 2^-126 it is 2^-126, about
+// 1e-38, where exp would give 0 or a subnormal); `both`: also above at 127, where delta A can be positive (a
+// positive A, or delta without softplus; Mamba's A = -exp(A_log) is not); `none`: the caller knows -126 <= y <= 0
+// (choose_clamp; the floor would not change a bit there), and the step it saves on the decay's path made the
+// scan's forward 0.94-0.96x and its backward 0.98-0.99x the time.
+enum class Clamp { none, floor, both };
+template <Clamp C>
 inline vf vexp2(vf y) {
-  const vf yc = vmax(Cap ? vmin(y, splat(127.0f)) : y, splat(-126.0f));
+  const vf yc = C == Clamp::both ? vmax(vmin(y, splat(127.0f)), splat(-126.0f))
+                : C == Clamp::floor ? vmax(y, splat(-126.0f)) : y;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
   const vf t = yc + magic;
   const vf f = yc - (t - magic);
@@ -107,7 +112,7 @@ constexpr float LOG2E = 1.44269504088896341f;
 // torch's softplus (beta 1, threshold 20): x above 20, else max(x, 0) + log1p(exp(-|x|)); a NaN stays NaN (the
 // x86 max returns its second operand when either is NaN).
 inline vf vsoftplus(vf x, vf* dsp = nullptr) {
-  vf e = vexp2<false>(vabs(x) * -LOG2E);
+  vf e = vexp2<Clamp::floor>(vabs(x) * -LOG2E);
   vf sp = vmax(vf{}, x) + vlog1p01(e);
   if (dsp) {  // its derivative, sigmoid(x), from the same exp: 1 / (1 + e) or e / (1 + e); exactly 1 above 20
     vf r = 1.0f / (1.0f + e);
@@ -116,7 +121,7 @@ inline vf vsoftplus(vf x, vf* dsp = nullptr) {
   return x > 20.0f ? x : sp;
 }
 
-inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp2<true>(x * -LOG2E)); }
+inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp2<Clamp::both>(x * -LOG2E)); }
 
 // ---- element types: 1 = float32, 2 = bfloat16, 3 = float16 (torch's rounding: to nearest even) -------------
 struct F32 {
@@ -552,17 +557,37 @@ inline vf initial_state(const ScanArgs& a, int64_t b, int64_t d0, int nc, int n)
   return a.h0 ? lanes(a.h0 + b * a.dim * a.N + n, d0, nc, a.N) : vf{};
 }
 
-// fn(std::integral_constant<int, NF>, std::bool_constant<Cap>): N compiled in for the common sizes of Mamba and
-// Vim (8, 16; NF = 0 for any other N), which keeps the state and the carried gradient in registers, and the decay's
-// upper clamp (Geometry::cap).
+// fn(std::integral_constant<int, NF>, std::integral_constant<Clamp, C>): N compiled in for the common sizes of
+// Mamba and Vim (8, 16; NF = 0 for any other N), which keeps the state and the carried gradient in registers, and
+// the decay's clamp (choose_clamp).
 template <class F>
-void with_shape(int N, bool cap, F fn) {
-  auto go = [&](auto nf) { cap ? fn(nf, std::true_type{}) : fn(nf, std::false_type{}); };
+void with_shape(int N, Clamp clamp, F fn) {
+  auto go = [&](auto nf) {
+    switch (clamp) {
+      case Clamp::none: fn(nf, std::integral_constant<Clamp, Clamp::none>{}); break;
+      case Clamp::floor: fn(nf, std::integral_constant<Clamp, Clamp::floor>{}); break;
+      default: fn(nf, std::integral_constant<Clamp, Clamp::both>{}); break;
+    }
+  };
   switch (N) {
     case 8: go(std::integral_constant<int, 8>{}); break;
     case 16: go(std::integral_constant<int, 16>{}); break;
     default: go(std::integral_constant<int, 0>{}); break;
   }
+}
+
+// The decay's clamp for one block and chunk: with softplus and A <= 0 (no Geometry::cap), y = delta A log2(e) lies
+// in [max(delta) min(A log2 e), 0], and no clamp is needed when that bound is >= -126 in every lane (an infinite
+// delta fails the test and keeps the floor; a NaN delta makes the state NaN through delta u either way).
+inline Clamp choose_clamp(const Geometry& g_, const Scratch& s, const vf* A2v, int N, int nt) {
+  if (g_.cap) return Clamp::both;
+  vf dmax{}, amin{};
+  for (int i = 0; i < nt; ++i) dmax = vmax(s.dt[i], dmax);
+  for (int n = 0; n < N; ++n) amin = vmin(A2v[n], amin);
+  const vf lo = dmax * amin;
+  for (int c = 0; c < W; ++c)
+    if (!(lo[c] >= -126.0f)) return Clamp::floor;
+  return Clamp::none;
 }
 
 // States per register group of the steps (GS): the loops keep a group's state (and, backward, its carried gradient
@@ -579,7 +604,7 @@ constexpr int GS = 8;
 constexpr int group_of(int NF) { return NF && NF > GS && NF % GS == 0 ? GS : NF; }
 
 // The steps of one block through one chunk, in scan order: out = (C . h + D u) * silu(z) into s.y.
-template <int NF, bool Cap>
+template <int NF, Clamp Cl>
 void forward_steps(const ScanArgs& a, Scratch& s, vf* h, const vf* A2v, vf Dv, int nt, int n_dyn) {
   const int N = NF ? NF : n_dyn;
   constexpr int G = group_of(NF);
@@ -596,7 +621,7 @@ void forward_steps(const ScanArgs& a, Scratch& s, vf* h, const vf* A2v, vf Dv, i
       vf y = n0 ? s.y[i] : vf{};
 #pragma GCC unroll 16
       for (int n = 0; n < ng; ++n) {
-        vf hn = vexp2<Cap>(dt * A2v[n0 + n]) * hr[n] + du * Bi[n];
+        vf hn = vexp2<Cl>(dt * A2v[n0 + n]) * hr[n] + du * Bi[n];
         hr[n] = hn;
         y += hn * Ci[n];
       }
@@ -643,8 +668,8 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
       load_inputs(a, s, b, d0, nc, t0, nt, s.biasv[j], s.Wv.data() + j * a.R, false);
       if (j + 2 < nb)
         for (const TArg* t : {&a.u, &a.delta, &a.z}) prefetch_tile(*t, b, d0 + 2 * W, t0, nt);
-      with_shape(N, g_.cap, [&](auto nf, auto cap) {
-        forward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, h, A2v, s.Dv[j], nt, N);
+      with_shape(N, choose_clamp(g_, s, A2v, N, nt), [&](auto nf, auto cl) {
+        forward_steps<decltype(nf)::value, decltype(cl)::value>(a, s, h, A2v, s.Dv[j], nt, N);
       });
       scale_onto(a, a.out, s, b, d0, nc, t0, nt, s.y.data(), true, true);
       store_tile(a.out, b, d0, nc, t0, nt, s.y.data());
@@ -669,7 +694,7 @@ struct Partials {
 // One block through one chunk of the backward: recompute the chunk's states from s.hs[0] (its checkpoint), then
 // the reverse recurrence; writes s.du, s.ddl, s.dz, accumulates dB / dC (s.dBacc, s.dCacc), dA, dD, d(bias). One
 // walk of the chunk per state group (group_of), the per-position sums carried in s.yk, s.ddtk, s.sBk.
-template <int NF, bool Cap>
+template <int NF, Clamp Cl>
 void backward_steps(const ScanArgs& a, Scratch& s, const vf* Av, const vf* A2v, vf* dH, vf* dAacc, int64_t j,
                     int nt, int n_dyn, bool want_bc) {
   const int N = NF ? NF : n_dyn;
@@ -689,7 +714,7 @@ void backward_steps(const ScanArgs& a, Scratch& s, const vf* Av, const vf* A2v, 
       vf y = n0 ? s.yk[k] : vf{};
 #pragma GCC unroll 16
       for (int n = 0; n < ng; ++n) {
-        vf e = vexp2<Cap>(dt * A2v[n0 + n]);
+        vf e = vexp2<Cl>(dt * A2v[n0 + n]);
         vf h = e * hp[n] + du * Bi[n];
         ea[n] = e;
         hn[n] = h;
@@ -817,8 +842,8 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
         std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
       else  // the forward entered this chunk first: the initial state
         for (int n = 0; n < N; ++n) s.hs[n] = initial_state(a, b, d0, nc, n);
-      with_shape(N, g_.cap, [&](auto nf, auto cap) {
-        backward_steps<decltype(nf)::value, decltype(cap)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
+      with_shape(N, choose_clamp(g_, s, A2v, N, nt), [&](auto nf, auto cl) {
+        backward_steps<decltype(nf)::value, decltype(cl)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
       });
       if (a.du.dtype) store_tile(a.du, b, d0, nc, t0, nt, s.du.data());
       if (a.R) {  // through the low-rank product: d(dtr) over this block's channels, d(dtw) over positions
