@@ -1,9 +1,10 @@
 """The ``cpu`` backend of the selective scan: the fused C++ kernel of ``cpu.cpp``, built on first use.
 
 Why plain C++ through ctypes (measured, see docs/kernels.md): the kernel includes no torch header, so the first
-build takes about 2 s with the system compiler instead of about 30 s for a ``torch.utils.cpp_extension``
-module, needs neither ninja nor Python headers, and one build serves every torch version. Installing the
-package compiles nothing: ``cpu.cpp`` ships as package data.
+build takes 6.5-7.7 s with the system compiler (every kernel and compiled-in shape) where a
+``torch.utils.cpp_extension`` module that only includes torch's header took about 30 s; it needs neither ninja nor
+Python headers, and one build serves every torch version. Installing the package compiles nothing: ``cpu.cpp``
+ships as package data.
 
 * Build: ``$CXX`` (else ``c++``, ``g++`` or ``clang++``) with ``-O3 -march=native`` into
   ``$HYBRIDSEARCH_CACHE/kernels`` (default ``~/.cache/hybridsearch/kernels``; a temporary folder when that is
