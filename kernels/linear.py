@@ -1,6 +1,7 @@
-"""``linear``: ``F.linear`` for the mixers' fp32 CPU projections (the cpu backend), with faster matmuls.
+"""``linear``: ``F.linear`` for the mixers' fp32 CPU projections (the cpu backend), with faster matmuls on AMD CPUs.
 
-Two things ``F.linear`` does slowly here:
+torch's CPU ``F.linear`` calls MKL's sgemm, whose fast code paths are for Intel processors. On AMD ones it does two
+things slowly, and ``linear`` takes other routes there (on every other CPU it is ``F.linear`` itself):
 
 * **Narrow weights' gradients.** When the weight has few input features K (dt_proj: K = dt_rank, 4 or 8 in the
   proxies), autograd computes dx = g w (M x N by N x K) and dW = g^T x (N x M by M x K): matrices with K columns,
@@ -8,12 +9,16 @@ Two things ``F.linear`` does slowly here:
   and dW = (x^T g)^T, have K rows and run 4-10x faster (measured on an AMD EPYC with AVX2, one thread: 1.6 and
   3.3 ms against 0.46 and 0.36 ms for the language proxy's dt_proj on 4800 tokens). The results are transposed
   views; nothing downstream needs them contiguous.
-* **MKL on AMD with AVX-512.** torch's CPU ``F.linear`` calls MKL's sgemm, which takes its AVX2 code path on AMD
-  processors; oneDNN picks its kernels by the CPU's instruction set. Measured on the CI machine kind (AMD EPYC,
-  AVX-512, one thread): 190-220 against 80-95 GFLOP/s for the language proxy's (4800 x 128) x (128 x 512)
-  projection and its input gradient, 1.4x for the weight gradient; mamba-proxy training 1.26x faster in all
-  (benchmarks/RESULTS.md). Without AVX-512 both libraries run AVX2 code and MKL's was the faster (an AMD EPYC with
-  AVX2: vim-proxy and mamba-proxy training 5-9 % faster with ``F.linear``), so oneDNN is used only with AVX-512.
+* **AVX-512.** MKL takes its AVX2 code path on AMD processors; oneDNN picks its kernels by the CPU's instruction
+  set. Measured on an AMD EPYC with AVX-512, one thread: 190-220 against 80-95 GFLOP/s for the language proxy's
+  (4800 x 128) x (128 x 512) projection and its input gradient, 1.4x for the weight gradient; mamba-proxy training
+  1.26x faster in all (benchmarks/RESULTS.md). Without AVX-512 both libraries run AVX2 code and MKL's was the
+  faster (an AMD EPYC with AVX2: vim-proxy and mamba-proxy training 5-9 % faster with ``F.linear``), so oneDNN is
+  used only with AVX-512.
+
+On an Intel Xeon with AVX-512 both routes were slower than ``F.linear`` (one thread, forward + backward: vim-proxy's
+in_proj 1.14 ms on oneDNN against 0.71, its dt_proj 0.27 ms with the transposed products against 0.13), hence the
+vendor test.
 
 ``torch.ops.mkldnn._linear_pointwise`` is the op inductor uses for oneDNN; it is private, so it is checked once
 against ``F.linear`` on a small input and every failure falls back to ``F.linear``. Anything but fp32 CPU
@@ -56,10 +61,28 @@ def available() -> bool:
     return _state["ok"]
 
 
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...; "" where the system does not say)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            line = next((ln for ln in f if ln.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+    return line.partition(":")[2].strip()
+
+
+def on_amd() -> bool:
+    """Whether MKL's sgemm runs off its fast paths here (an AMD CPU): only then does ``linear`` leave ``F.linear``."""
+    if "amd" not in _state:
+        _state["amd"] = cpu_vendor() == "AuthenticAMD"
+    return _state["amd"]
+
+
 def preferred() -> bool:
-    """Whether ``linear`` takes oneDNN for fp32 CPU tensors: it runs here and the CPU has AVX-512."""
+    """Whether ``linear`` takes oneDNN for fp32 CPU tensors: an AMD CPU with AVX-512, and oneDNN runs here."""
     if "use" not in _state:
-        _state["use"] = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and available()
+        _state["use"] = (on_amd() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+                         and available())
     return _state["use"]
 
 
@@ -117,9 +140,9 @@ def _needs_grad(*ts: Tensor | None) -> bool:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``; for fp32 CPU tensors through oneDNN where it is ``preferred``, and with the
-    transposed backward products when the weight has at most ``NARROW`` input features."""
-    if (x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != torch.float32
+    """``F.linear(x, weight, bias)``; on an AMD CPU, for fp32 CPU tensors, through oneDNN where it is ``preferred``
+    and with the transposed backward products when the weight has at most ``NARROW`` input features."""
+    if (not on_amd() or x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != torch.float32
             or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
             or x.dim() < 2 or x.numel() == 0 or weight.shape[1] == 0):
         return F.linear(x, weight, bias)
@@ -129,4 +152,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return _Linear.apply(x, weight, bias, onednn)
 
 
-__all__ = ["available", "linear", "preferred"]
+__all__ = ["available", "cpu_vendor", "linear", "on_amd", "preferred"]

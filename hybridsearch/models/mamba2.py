@@ -196,7 +196,7 @@ class Mamba2(nn.Module):
         return None if base is None else effective(self, name, base)
 
     def _linear(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        """The projections: ``kernels.linear`` on the cpu backend (oneDNN with AVX-512), else ``F.linear``."""
+        """The projections: ``kernels.linear`` on the cpu backend (faster matmuls on AMD CPUs), else ``F.linear``."""
         return linear(x, w, b) if resolve_backend(self.scan_backend, x) == "cpu" else F.linear(x, w, b)
 
     def forward(self, h: Tensor, affix: AffixHook | None = None) -> Tensor:

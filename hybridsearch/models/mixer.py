@@ -117,7 +117,7 @@ class MambaMixer(nn.Module):
         return effective(self, name, self.param(name, direction), direction)
 
     def _linear(self, x: Tensor, w: Tensor) -> Tensor:
-        """The mixer's projections: ``kernels.linear`` on the cpu backend (oneDNN with AVX-512), else ``F.linear``."""
+        """The projections: ``kernels.linear`` on the cpu backend (faster matmuls on AMD CPUs), else ``F.linear``."""
         return linear(x, w) if resolve_backend(self.scan_backend, x) == "cpu" else F.linear(x, w)
 
     # -- forward -----------------------------------------------------------------------------------

@@ -16,15 +16,38 @@ lin = importlib.import_module("hybridsearch.kernels.linear")
 
 @pytest.fixture(params=["onednn", "torch"])
 def path(request, monkeypatch):
-    """Both matmul paths whatever the CPU (``linear`` prefers oneDNN only with AVX-512)."""
+    """Both matmul paths whatever the CPU (``linear`` prefers oneDNN only on AMD CPUs with AVX-512, and takes the
+    narrow products only on AMD ones)."""
     if request.param == "onednn" and not lin.available():
         pytest.skip("oneDNN's linear does not run here")
+    monkeypatch.setitem(lin._state, "amd", True)
     monkeypatch.setitem(lin._state, "use", request.param == "onednn")
     return request.param
 
 
-def test_preferred_only_with_avx512():
-    assert lin.preferred() == (torch.backends.cpu.get_cpu_capability().startswith("AVX512") and lin.available())
+def test_preferred_only_on_amd_with_avx512():
+    assert lin.on_amd() == (lin.cpu_vendor() == "AuthenticAMD")
+    assert lin.preferred() == (lin.on_amd() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+                               and lin.available())
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", None])
+def test_cpu_vendor_read_from_cpuinfo(tmp_path, vendor):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\n" + (f"vendor_id\t: {vendor}\n" if vendor else "") + "flags\t\t: fpu sse\n")
+    assert lin.cpu_vendor(str(info)) == (vendor or "")
+    assert lin.cpu_vendor(str(tmp_path / "missing")) == ""
+
+
+@pytest.mark.parametrize("K", [4, 64], ids=["narrow", "wide"])
+def test_other_vendors_take_f_linear(monkeypatch, K):
+    """Off AMD (MKL on its own fast paths) every projection is ``F.linear`` itself, gradients included."""
+    monkeypatch.setitem(lin._state, "amd", False)
+    monkeypatch.setitem(lin._state, "use", True)  # even were oneDNN preferred
+    x, w = torch.randn(5, K, requires_grad=True), torch.randn(3, K, requires_grad=True)
+    out = linear(x, w)
+    assert type(out.grad_fn).__name__ != "_LinearBackward"
+    assert torch.equal(out, F.linear(x, w))
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
@@ -68,6 +91,7 @@ def test_other_dtypes_take_f_linear(dtype):
 
 
 def test_narrow_without_gradients_is_f_linear(monkeypatch):
+    monkeypatch.setitem(lin._state, "amd", True)
     monkeypatch.setitem(lin._state, "use", False)
     x, w = torch.randn(3, 4), torch.randn(5, 4)  # narrow, but nothing asks for a gradient
     assert torch.equal(linear(x, w), F.linear(x, w))
