@@ -239,26 +239,28 @@ struct NormArgs {
 
 namespace {
 
-#if defined(__AVX2__) && !defined(__AVX512F__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
-#define HS_TRANSPOSE8 1
-// r[c][k] -> r[k][c] for an 8 x 8 block, in registers (three rounds of two-vector shuffles).
-inline void transpose8(vf* r) {
-#define HS_SHUF(a, b, ...) (__builtin_shufflevector(a, b, __VA_ARGS__))
-  vf a[8], b[8];
-  for (int i = 0; i < 8; i += 2) {
-    a[i] = HS_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    a[i + 1] = HS_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int j = 0; j < 2; ++j) {
-      b[i + 2 * j] = HS_SHUF(a[i + j], a[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-      b[i + 2 * j + 1] = HS_SHUF(a[i + j], a[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+#if (defined(__AVX2__) || defined(__AVX512F__)) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define HS_TRANSPOSE 1
+// One level of a W x W transpose in registers: rows i and i + S (bit S of i clear) swap their off-diagonal S x S
+// blocks, r[i][c] <-> r[i + S][c - S] for every column c with bit S set. After every level S = W/2, ..., 1 the
+// rows are the columns. One two-vector shuffle per row and level: log2(W) x W in all.
+template <int S, int... C>
+inline void transpose_level(vf* r, std::integer_sequence<int, C...>) {
+  for (int i = 0; i < W; ++i)
+    if (!(i & S)) {
+      const vf a = r[i], b = r[i + S];
+      r[i] = __builtin_shufflevector(a, b, ((C & S) ? W + C - S : C)...);
+      r[i + S] = __builtin_shufflevector(a, b, ((C & S) ? W + C : C + S)...);
     }
-  for (int k = 0; k < 4; ++k) {
-    r[k] = HS_SHUF(b[k], b[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-    r[k + 4] = HS_SHUF(b[k], b[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
-  }
-#undef HS_SHUF
+}
+
+// r[c][k] -> r[k][c] for a W x W block of fp32.
+inline void transpose(vf* r) {
+  constexpr auto lanes = std::make_integer_sequence<int, W>{};
+  if constexpr (W == 16) transpose_level<8>(r, lanes);
+  transpose_level<4>(r, lanes);
+  transpose_level<2>(r, lanes);
+  transpose_level<1>(r, lanes);
 }
 #endif
 
@@ -273,13 +275,13 @@ void load_tile_t(const typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt
     for (int i = 0; i < nt; ++i)
       for (int c = nc; c < W; ++c) dst[i * W + c] = 0.0f;
   int i0 = 0;
-#ifdef HS_TRANSPOSE8
+#ifdef HS_TRANSPOSE
   if constexpr (std::is_same_v<Ty, F32>) {
-    if (sl == 1 && nc == W)  // (batch, dim, L) contiguous: 8 positions of 8 channels at a time, transposed
-      for (; i0 + 8 <= nt; i0 += 8) {
-        vf r[8];
-        for (int c = 0; c < 8; ++c) std::memcpy(&r[c], p + c * sd + i0, sizeof(vf));
-        transpose8(r);
+    if (sl == 1 && nc == W)  // (batch, dim, L) contiguous: W positions of W channels at a time, transposed
+      for (; i0 + W <= nt; i0 += W) {
+        vf r[W];
+        for (int c = 0; c < W; ++c) std::memcpy(&r[c], p + c * sd + i0, sizeof(vf));
+        transpose(r);
         std::memcpy(dst + i0 * W, r, sizeof(r));
       }
   }
@@ -330,14 +332,14 @@ void store_tile_t(typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, con
     return;
   }
   int i0 = 0;
-#ifdef HS_TRANSPOSE8
+#ifdef HS_TRANSPOSE
   if constexpr (std::is_same_v<Ty, F32>) {
     if (sl == 1 && nc == W)
-      for (; i0 + 8 <= nt; i0 += 8) {
-        vf r[8];
+      for (; i0 + W <= nt; i0 += W) {
+        vf r[W];
         std::memcpy(r, src + i0 * W, sizeof(r));
-        transpose8(r);
-        for (int c = 0; c < 8; ++c) std::memcpy(p + c * sd + i0, &r[c], sizeof(vf));
+        transpose(r);
+        for (int c = 0; c < W; ++c) std::memcpy(p + c * sd + i0, &r[c], sizeof(vf));
       }
   }
 #endif
