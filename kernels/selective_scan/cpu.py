@@ -210,6 +210,9 @@ def threading_runtime() -> str:
 
 def library() -> ctypes.CDLL:
     """The built kernel library (built on the first call); raises ``CpuScanUnavailable`` when it cannot be."""
+    lib = _state.get("lib")  # every scan asks: no lock once it is loaded
+    if lib is not None:
+        return lib
     with _lock:
         if "lib" in _state:
             return _state["lib"]
@@ -279,15 +282,16 @@ class NormArgs(ctypes.Structure):
                 + [(n, ctypes.c_void_p) for n in ("w", "rstd", "dw")] + [("eps", ctypes.c_double)])
 
 
-_STRIDES = ctypes.c_int64 * 4
 _PER_DIRECTION = 9  # a bidirectional scan's tensors per direction: u, delta, A, B, C, D, delta_bias, h0, delta_proj
 
 
-def targ(t: Tensor | None) -> _TArg:
-    """A tensor argument of the kernels: data pointer, dtype code and element strides (the unused ones 0)."""
+def targ(t: Tensor | None, grouped: bool = False) -> _TArg:
+    """A tensor argument of the kernels: data pointer, dtype code and element strides (the unused ones 0).
+    ``grouped``: a (batch, N, L) tensor read as (batch, 1, N, L) (B, C and their gradients, a low-rank delta)."""
     if t is None:
         return _TArg()
-    return _TArg(t.data_ptr(), _DTYPES[t.dtype], _STRIDES(*t.stride()))
+    s = t.stride()
+    return _TArg(t.data_ptr(), _DTYPES[t.dtype], (s[0], 0, s[1], s[2]) if grouped and len(s) == 3 else s)
 
 
 def ptr(t: Tensor | None) -> int | None:
@@ -302,7 +306,11 @@ def _chunk(N: int) -> int:
 
 
 class _Call:
-    """The shapes, the fp32 side tensors and the kernel arguments of one scan."""
+    """The shapes, the fp32 side tensors and the kernel arguments of one scan.
+
+    Built for every call of a training step's scans, so it does as few tensor operations as it can: B and C of
+    (batch, N, L) are read as (batch, 1, N, L) through their strides (``targ(grouped=True)``), not as views, and
+    the inputs the kernel reads in place are kept as they are."""
 
     def __init__(self, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, reverse, delta_proj=None):
         if A.is_complex():
@@ -310,12 +318,11 @@ class _Call:
         if u.dim() != 3:
             raise ValueError(f"u must be (batch, dim, L); got {tuple(u.shape)}")
         batch, dim, L = u.shape
-        B4 = B.unsqueeze(1) if B.dim() == 3 else B
-        C4 = C.unsqueeze(1) if C.dim() == 3 else C
-        if B4.dim() != 4 or C4.shape != B4.shape or B4.shape[0] != batch or B4.shape[3] != L:
+        bshape = B.shape
+        if bshape != C.shape or len(bshape) not in (3, 4) or bshape[0] != batch or bshape[-1] != L:
             raise ValueError(f"B and C must both be (batch, N, L) or (batch, G, N, L) with batch {batch}, L {L}; "
                              f"got {tuple(B.shape)}, {tuple(C.shape)}")
-        G, N = B4.shape[1], B4.shape[2]
+        G, N = (1, bshape[1]) if len(bshape) == 3 else (bshape[1], bshape[2])
         if G == 0 or dim % G or A.shape != (dim, N):
             raise ValueError(f"A must be (dim, N) = ({dim}, {N}) and dim divisible by the {G} groups")
         R = 0 if delta_proj is None else delta_proj.shape[-1]
@@ -324,27 +331,23 @@ class _Call:
         delta_shape = (batch, R, L) if delta_proj is not None else u.shape
         for name, t, shape in (("delta", delta, delta_shape), ("z", z, u.shape), ("D", D, (dim,)),
                                ("delta_bias", delta_bias, (dim,)), ("initial_state", initial_state, (batch, dim, N))):
-            if t is not None and tuple(t.shape) != tuple(shape):
+            if t is not None and t.shape != shape:
                 raise ValueError(f"{name} must be {tuple(shape)}; got {tuple(t.shape)}")
         for t in (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_proj):
-            if t is not None and t.device.type != "cpu":
+            if t is not None and not t.is_cpu:
                 raise ValueError(f"the cpu selective scan needs CPU tensors; got one on {t.device}")
         self.shape = (batch, dim, L, G, N)
-        self.u, self.delta, self.z, self.B_in, self.C_in = (readable(t) for t in (u, delta, z, B, C))
-        self.B, self.C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (self.B_in, self.C_in))
-        self.A = A.detach().float().contiguous()
-        self.D = None if D is None else D.detach().float().contiguous()
-        self.bias = None if delta_bias is None else delta_bias.detach().float().contiguous()
-        self.h0 = None if initial_state is None else initial_state.detach().float().contiguous()
-        self.W = None if delta_proj is None else delta_proj.detach().float().contiguous()
+        self.u, self.delta, self.z, self.B, self.C = (_readable(t) for t in (u, delta, z, B, C))
+        self.A, self.D, self.bias, self.h0, self.W = (_f32(t) for t in (A, D, delta_bias, initial_state, delta_proj))
         self.out_dtype = u.dtype
         self.softplus, self.reverse = bool(softplus), bool(reverse)
         part = max(1, _PART_CHANNELS // vector_width())
         a = _Args(batch, dim, L, N, G, _chunk(N), part, torch.get_num_threads(), self.softplus, self.reverse)
-        a.u, a.delta, a.z, a.B, a.C = (targ(t) for t in (self.u, self.delta, self.z, self.B, self.C))
-        a.A, a.D, a.bias, a.h0 = (ptr(t) for t in (self.A, self.D, self.bias, self.h0))
+        a.u, a.delta, a.z = targ(self.u), targ(self.delta), targ(self.z)
+        a.B, a.C = targ(self.B, grouped=True), targ(self.C, grouped=True)
+        a.A, a.D, a.bias, a.h0 = ptr(self.A), ptr(self.D), ptr(self.bias), ptr(self.h0)
         if self.W is not None:  # the low-rank delta: read as B is, (batch, groups = 1, R, L)
-            a.R, a.delta, a.dtr, a.dtw = R, _TArg(), targ(self.delta.unsqueeze(1)), ptr(self.W)
+            a.R, a.delta, a.dtr, a.dtw = R, _TArg(), targ(self.delta, grouped=True), ptr(self.W)
         a.scale = 1.0
         self._args = a  # the inputs' part of the kernel arguments, shared by the forward and the backward
 
@@ -392,25 +395,25 @@ class _Call:
         batch, dim, L, G, N = self.shape
         a = self.args()
         a.scale, a.accumulate = scale, dz is not None
-        dout = torch.zeros((batch, dim, L)) if dout is None else readable(dout)
-        dlast = None if dlast is None else dlast.detach().float().contiguous()
+        dout = torch.zeros((batch, dim, L)) if dout is None else _readable(dout)
+        dlast = None if dlast is None else _f32(dlast)
         du = _grad_like(self.u, needs[0])
         ddelta = _grad_like(self.delta, needs[1])  # (batch, R, L) for a low-rank delta
         if dz is None and self.z is not None:
             dz = _grad_like(self.z, needs[6])
-        dB = _grad_like(self.B_in, needs[3])
-        dC = _grad_like(self.C_in, needs[4])
+        dB = _grad_like(self.B, needs[3])
+        dC = _grad_like(self.C, needs[4])
         dA = torch.empty((dim, N)) if needs[2] else None
         dD = torch.empty(dim) if self.D is not None and needs[5] else None
         dbias = torch.empty(dim) if self.bias is not None and needs[7] else None
         dh0 = torch.empty((batch, dim, N)) if self.h0 is not None and needs[8] else None
         dW = torch.empty(self.W.shape) if self.W is not None and needs[9] else None
-        a.dout, a.du, a.dz = (targ(t) for t in (dout, du, dz))
+        a.dout, a.du, a.dz = targ(dout), targ(du), targ(dz)
         if self.W is None:
             a.ddelta = targ(ddelta)
         else:
-            a.ddtr, a.ddtw = targ(None if ddelta is None else ddelta.unsqueeze(1)), ptr(dW)
-        a.dB, a.dC = (targ(None if t is None else t.unsqueeze(1) if t.dim() == 3 else t) for t in (dB, dC))
+            a.ddtr, a.ddtw = targ(ddelta, grouped=True), ptr(dW)
+        a.dB, a.dC = targ(dB, grouped=True), targ(dC, grouped=True)
         a.dlast, a.ckpt = ptr(dlast), ptr(ckpt)
         a.dA, a.dD, a.dbias, a.dh0 = (ptr(t) for t in (dA, dD, dbias, dh0))
         a.keep = (dout, dlast, du, ddelta, dz, dB, dC, dA, dD, dbias, dh0, dW)  # alive until the kernel has run
@@ -462,6 +465,19 @@ def readable(t: Tensor | None) -> Tensor | None:
         return None
     t = t.detach()
     return t if t.dtype in _DTYPES else t.float()
+
+
+def _readable(t: Tensor | None) -> Tensor | None:
+    """``readable`` without ``detach`` (the scan only reads pointers and strides, and keeps its inputs while its
+    autograd node lives): one tensor operation less per input and call."""
+    return t if t is None or t.dtype in _DTYPES else t.detach().float()
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    """A contiguous fp32 tensor of ``t``'s values: ``t`` itself when it is one."""
+    if t is None or (t.dtype is torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().float().contiguous()
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
