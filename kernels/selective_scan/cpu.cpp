@@ -267,8 +267,11 @@ inline void transpose(vf* r) {
 template <class Ty>
 void load_tile_t(const typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, float* dst) {
   if (sd == 1 && nc == W) {  // channels innermost (the models' layout): one vector per position
-    for (int i = 0; i < nt; ++i)
-      for (int c = 0; c < W; ++c) dst[i * W + c] = Ty::in(p[i * sl + c]);
+    if constexpr (std::is_same_v<Ty, F32>)
+      for (int i = 0; i < nt; ++i) std::memcpy(dst + i * W, p + i * sl, sizeof(vf));
+    else
+      for (int i = 0; i < nt; ++i)
+        for (int c = 0; c < W; ++c) dst[i * W + c] = Ty::in(p[i * sl + c]);
     return;
   }
   if (nc < W)
@@ -326,9 +329,14 @@ __attribute__((always_inline)) inline void prefetch_tile(const TArg& a, int64_t 
 
 template <class Ty>
 void store_tile_t(typename Ty::T* p, int64_t sd, int64_t sl, int nc, int nt, const float* src) {
+  // fp32: one vector copy per position (in an AVX-512 build for an Intel CPU GCC left the loop below scalar, 16
+  // loads and 16 stores per position; the copy made vim-proxy's scan forward + backward 0.96x the time)
   if (sd == 1 && nc == W) {
-    for (int i = 0; i < nt; ++i)
-      for (int c = 0; c < W; ++c) p[i * sl + c] = Ty::out(src[i * W + c]);
+    if constexpr (std::is_same_v<Ty, F32>)
+      for (int i = 0; i < nt; ++i) std::memcpy(p + i * sl, src + i * W, sizeof(vf));
+    else
+      for (int i = 0; i < nt; ++i)
+        for (int c = 0; c < W; ++c) p[i * sl + c] = Ty::out(src[i * W + c]);
     return;
   }
   int i0 = 0;
