@@ -427,6 +427,79 @@ inline vf lanes(const float* p, int64_t d0, int nc, int64_t stride) {
   return v;
 }
 
+// The first m <= W floats at p as a vector, the other lanes 0; and the reverse: masked loads and stores with
+// AVX-512, else copies of m floats (a library call: load_states and store_states take them only for whole vectors).
+#if defined(__AVX512F__)
+constexpr bool MASKED = true;
+#else
+constexpr bool MASKED = false;
+#endif
+inline vf load_first(const float* p, int m) {
+  vf v{};
+#if defined(__AVX512F__)
+  v = (vf)_mm512_maskz_loadu_ps(__mmask16((1u << m) - 1), p);
+#else
+  std::memcpy(&v, p, sizeof(float) * m);
+#endif
+  return v;
+}
+
+inline void store_first(float* p, vf v, int m) {
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(p, __mmask16((1u << m) - 1), (__m512)v);
+#else
+  std::memcpy(p, &v, sizeof(float) * m);
+#endif
+}
+
+// v[n] = lanes c < nc of column n of the fp32 rows p[c * N + n] (the other lanes 0), and the reverse: a block's
+// slice of a (dim, N) or (batch, dim, N) tensor (A, the initial and last states, their gradients) as N vectors of
+// its channels. A whole block goes W columns at a time through the register transpose; lane by lane it was N x W
+// scalar loads or stores per block (at vim-proxy's shape, a tenth of the backward task's samples in a profile).
+// Without masked loads and stores, only for N a multiple of W (an AVX2 build with the low-rank delta's R = 4
+// columns and Additional-scan's N = 10 through the transpose: vim-proxy training steps 1.03-1.06x the time).
+inline void load_states(const float* p, int N, int nc, vf* v) {
+#ifdef HS_TRANSPOSE
+  if (nc == W && N > 1 && (MASKED || N % W == 0)) {
+    for (int n0 = 0; n0 < N; n0 += W) {
+      const int m = std::min(W, N - n0);
+      vf r[W];
+      for (int c = 0; c < W; ++c) r[c] = m == W ? lanes(p + c * N + n0, 0, W, 1) : load_first(p + c * N + n0, m);
+      transpose(r);
+      for (int k = 0; k < m; ++k) v[n0 + k] = r[k];
+    }
+    return;
+  }
+#endif
+  for (int n = 0; n < N; ++n) v[n] = lanes(p + n, 0, nc, N);
+}
+
+inline void store_states(const vf* v, int N, int nc, float* p) {
+  if (N == 1) {  // a (dim,) vector
+    std::memcpy(p, v, sizeof(float) * nc);
+    return;
+  }
+#ifdef HS_TRANSPOSE
+  if (nc == W && (MASKED || N % W == 0)) {
+    for (int n0 = 0; n0 < N; n0 += W) {
+      const int m = std::min(W, N - n0);
+      vf r[W];
+      for (int k = 0; k < W; ++k) r[k] = k < m ? v[n0 + k] : vf{};
+      transpose(r);
+      for (int c = 0; c < W; ++c) {
+        if (m == W)
+          std::memcpy(p + c * N + n0, &r[c], sizeof(vf));
+        else
+          store_first(p + c * N + n0, r[c], m);
+      }
+    }
+    return;
+  }
+#endif
+  for (int c = 0; c < nc; ++c)
+    for (int n = 0; n < N; ++n) p[c * N + n] = v[n][c];
+}
+
 inline float hsum(vf v) {  // fixed pairwise order
   float s[W];
   std::memcpy(s, &v, sizeof(v));
@@ -562,11 +635,6 @@ void load_inputs(const ScanArgs& a, Scratch& s, int64_t b, int64_t d0, int nc, i
   if (a.z.dtype) load_tile(a.z, b, d0, nc, t0, nt, s.z.data());
 }
 
-// State n of the block's channels before the scan: initial_state's lanes, or zero.
-inline vf initial_state(const ScanArgs& a, int64_t b, int64_t d0, int nc, int n) {
-  return a.h0 ? lanes(a.h0 + b * a.dim * a.N + n, d0, nc, a.N) : vf{};
-}
-
 // fn(std::integral_constant<int, NF>, std::integral_constant<Clamp, C>): N compiled in for the common sizes of
 // Mamba and Vim (8, 16; NF = 0 for any other N), which keeps the state and the carried gradient in registers, and
 // the decay's clamp (choose_clamp).
@@ -654,13 +722,15 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
   for (int64_t j = 0; j < nb; ++j) {
     int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
     int nc = int(std::min<int64_t>(W, g_.K - kk));
-    for (int n = 0; n < N; ++n) {
-      s.A2v[j * N + n] = lanes(a.A + n, d0, nc, N) * LOG2E;
-      s.h[j * N + n] = initial_state(a, b, d0, nc, n);
-    }
+    load_states(a.A + d0 * N, N, nc, &s.A2v[j * N]);
+    for (int n = 0; n < N; ++n) s.A2v[j * N + n] *= LOG2E;
+    if (a.h0)
+      load_states(a.h0 + (b * a.dim + d0) * N, N, nc, &s.h[j * N]);
+    else
+      std::fill_n(&s.h[j * N], N, vf{});
     s.Dv[j] = a.D ? lanes(a.D, d0, nc, 1) : vf{};
     s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
-    for (int64_t r = 0; r < a.R; ++r) s.Wv[j * a.R + r] = lanes(a.dtw + r, d0, nc, a.R);
+    if (a.R) load_states(a.dtw + d0 * a.R, int(a.R), nc, &s.Wv[j * a.R]);
   }
   for (int64_t cc = 0; cc < g_.nchunks; ++cc) {
     const int64_t ci = a.reverse ? g_.nchunks - 1 - cc : cc, t0 = ci * g_.T;
@@ -688,9 +758,7 @@ void forward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch& 
   if (a.last)
     for (int64_t j = 0; j < nb; ++j) {
       int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
-      int nc = int(std::min<int64_t>(W, g_.K - kk));
-      for (int n = 0; n < N; ++n)
-        for (int c = 0; c < nc; ++c) a.last[(b * a.dim + d0 + c) * N + n] = s.h[j * N + n][c];
+      store_states(&s.h[j * N], N, int(std::min<int64_t>(W, g_.K - kk)), a.last + (b * a.dim + d0) * N);
     }
 }
 
@@ -806,20 +874,21 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
   for (int64_t j = 0; j < nb; ++j) {
     int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
     int nc = int(std::min<int64_t>(W, g_.K - kk));
+    load_states(a.A + d0 * N, N, nc, &s.Av[j * N]);
+    if (a.dlast)
+      load_states(a.dlast + (b * a.dim + d0) * N, N, nc, &s.dH[j * N]);
+    else
+      std::fill_n(&s.dH[j * N], N, vf{});
     for (int n = 0; n < N; ++n) {
-      s.Av[j * N + n] = lanes(a.A + n, d0, nc, N);
       s.A2v[j * N + n] = s.Av[j * N + n] * LOG2E;
-      s.dH[j * N + n] = a.dlast ? lanes(a.dlast + b * a.dim * N + n, d0, nc, N) : vf{};
       s.dAacc[j * N + n] = vf{};
     }
     s.Dv[j] = a.D ? lanes(a.D, d0, nc, 1) : vf{};
     s.biasv[j] = a.bias ? lanes(a.bias, d0, nc, 1) : vf{};
     s.dDacc[j] = vf{};
     s.dbacc[j] = vf{};
-    for (int64_t r = 0; r < a.R; ++r) {
-      s.Wv[j * a.R + r] = lanes(a.dtw + r, d0, nc, a.R);
-      s.dWacc[j * a.R + r] = vf{};
-    }
+    if (a.R) load_states(a.dtw + d0 * a.R, int(a.R), nc, &s.Wv[j * a.R]);
+    std::fill_n(&s.dWacc[j * a.R], a.R, vf{});
   }
   const bool want_bc = a.dB.dtype || a.dC.dtype;
   const size_t nR = size_t(a.R);
@@ -850,8 +919,10 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
       scale_onto(a, a.dout, s, b, d0, nc, t0, nt, s.dout.data(), true, false);
       if (g_.ckpt_slot(a, ci) >= 0)
         std::memcpy(s.hs.data(), a.ckpt + g_.ckpt_off(a, b, g, blk0 + j, ci), sizeof(vf) * N);
-      else  // the forward entered this chunk first: the initial state
-        for (int n = 0; n < N; ++n) s.hs[n] = initial_state(a, b, d0, nc, n);
+      else if (a.h0)  // the forward entered this chunk first: the initial state
+        load_states(a.h0 + (b * a.dim + d0) * N, N, nc, s.hs.data());
+      else
+        std::fill_n(s.hs.data(), N, vf{});
       with_shape(N, choose_clamp(g_, s, A2v, N, nt), [&](auto nf, auto cl) {
         backward_steps<decltype(nf)::value, decltype(cl)::value>(a, s, Av, A2v, dH, dAacc, j, nt, N, want_bc);
       });
@@ -904,17 +975,12 @@ void backward_task(const ScanArgs& a, const Geometry& g_, int64_t task, Scratch&
   for (int64_t j = 0; j < nb; ++j) {
     int64_t kk = (blk0 + j) * W, d0 = g * g_.K + kk;
     int nc = int(std::min<int64_t>(W, g_.K - kk));
-    for (int c = 0; c < nc; ++c) {
-      int64_t row = b * a.dim + d0 + c;
-      for (int n = 0; n < N; ++n) {
-        if (a.dh0) a.dh0[row * N + n] = s.dH[j * N + n][c];
-        if (a.dA) P.dA[row * N + n] = s.dAacc[j * N + n][c];
-      }
-      if (a.dD) P.dD[row] = s.dDacc[j][c];
-      if (a.dbias) P.dbias[row] = s.dbacc[j][c];
-      if (a.ddtw)
-        for (int64_t r = 0; r < a.R; ++r) P.ddtw[row * a.R + r] = s.dWacc[j * a.R + r][c];
-    }
+    const int64_t row = b * a.dim + d0;
+    if (a.dh0) store_states(&s.dH[j * N], N, nc, a.dh0 + row * N);
+    if (a.dA) store_states(&s.dAacc[j * N], N, nc, P.dA.data() + row * N);
+    if (a.dD) store_states(&s.dDacc[j], 1, nc, P.dD.data() + row);
+    if (a.dbias) store_states(&s.dbacc[j], 1, nc, P.dbias.data() + row);
+    if (a.ddtw) store_states(&s.dWacc[j * a.R], int(a.R), nc, P.ddtw.data() + row * a.R);
   }
 }
 
