@@ -337,7 +337,7 @@ class _Call:
             if t is not None and not t.is_cpu:
                 raise ValueError(f"the cpu selective scan needs CPU tensors; got one on {t.device}")
         self.shape = (batch, dim, L, G, N)
-        self.u, self.delta, self.z, self.B, self.C = (_readable(t) for t in (u, delta, z, B, C))
+        self.u, self.delta, self.z, self.B, self.C = (readable(t) for t in (u, delta, z, B, C))
         self.A, self.D, self.bias, self.h0, self.W = (_f32(t) for t in (A, D, delta_bias, initial_state, delta_proj))
         self.out_dtype = u.dtype
         self.softplus, self.reverse = bool(softplus), bool(reverse)
@@ -395,7 +395,7 @@ class _Call:
         batch, dim, L, G, N = self.shape
         a = self.args()
         a.scale, a.accumulate = scale, dz is not None
-        dout = torch.zeros((batch, dim, L)) if dout is None else _readable(dout)
+        dout = torch.zeros((batch, dim, L)) if dout is None else readable(dout)
         dlast = None if dlast is None else _f32(dlast)
         du = _grad_like(self.u, needs[0])
         ddelta = _grad_like(self.delta, needs[1])  # (batch, R, L) for a low-rank delta
@@ -460,16 +460,8 @@ def _dense(t: Tensor) -> bool:
 
 
 def readable(t: Tensor | None) -> Tensor | None:
-    """A tensor the kernel can read in place: fp32 / bf16 / fp16 as it is, other dtypes as fp32."""
-    if t is None:
-        return None
-    t = t.detach()
-    return t if t.dtype in _DTYPES else t.float()
-
-
-def _readable(t: Tensor | None) -> Tensor | None:
-    """``readable`` without ``detach`` (the scan only reads pointers and strides, and keeps its inputs while its
-    autograd node lives): one tensor operation less per input and call."""
+    """A tensor the kernel can read in place: fp32 / bf16 / fp16 as it is (not even detached: the kernels read
+    only its pointer and strides, and a scan runs for every call of a training step), other dtypes as fp32."""
     return t if t is None or t.dtype in _DTYPES else t.detach().float()
 
 
